@@ -1,0 +1,247 @@
+"""The five transport encryption modes of Discord voice behind one interface.
+
+PROTOCOL.md §5. A :class:`TransportCipher` is made once per session from the mode and the
+32-byte ``secret_key`` of Session Description. :meth:`~TransportCipher.seal` turns an RTP
+header and an Opus payload into the datagram to send, :meth:`~TransportCipher.open` turns
+a datagram back into header and payload. Both take the *whole* header, extension body
+included; each mode decides what of it stays clear, what is authenticated and what is
+encrypted:
+
+================================  =========================================================
+``aead_aes256_gcm_rtpsize``       header up to the 4-byte extension header is clear and is
+``aead_xchacha20_poly1305_...``   the AAD; extension body + payload encrypted; 4-byte BE
+                                  counter nonce appended
+``xsalsa20_poly1305_lite``        12-byte header (+CSRCs) clear; secretbox; 4-byte counter
+``xsalsa20_poly1305_suffix``      same; 24 random nonce bytes appended
+``xsalsa20_poly1305``             same; the nonce is the 12-byte header itself
+================================  =========================================================
+
+The per-packet cost matters (the relay seals once per receiver), so each cipher binds
+its primitive once and the seal/open paths are a few calls: AES-GCM through
+cryptography's AESGCM (OpenSSL), the others straight through PyNaCl's libsodium
+bindings, skipping its class wrappers.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import struct
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_secretbox,
+    crypto_secretbox_open,
+)
+from nacl.exceptions import CryptoError
+
+from voxgate.protocol.errors import DecryptionError, PacketError
+from voxgate.protocol.opcodes import EncryptionMode
+
+KEY_SIZE: Final = 32
+TAG_SIZE: Final = 16
+_U32: Final = struct.Struct(">I")
+_ZEROS_8: Final = bytes(8)
+_ZEROS_20: Final = bytes(20)
+_ZEROS_12: Final = bytes(12)
+
+
+def _clear_size(packet: bytes, *, rtpsize: bool) -> int:
+    """Bytes of ``packet`` left in clear: 12 + 4*CC (+ 4 for the extension header in rtpsize)."""
+    if len(packet) < 12 or packet[0] >> 6 != 2:
+        raise PacketError("not an RTP packet")
+    size = 12 + 4 * (packet[0] & 0x0F)
+    if rtpsize and packet[0] & 0x10:
+        size += 4
+    if len(packet) < size:
+        raise PacketError("RTP packet shorter than its header")
+    return size
+
+
+def _extension_body_size(header: bytes, clear: int) -> int:
+    """Length of the extension body whose 4-byte header ends the clear part (0 without X)."""
+    if not header[0] & 0x10:
+        return 0
+    return 4 * int.from_bytes(header[clear - 2 : clear], "big")
+
+
+class TransportCipher(abc.ABC):
+    """Seals and opens RTP packets for one session in one mode.
+
+    Sealing advances the session's own nonce counter (where the mode has one), which
+    wraps at 2^32 as Discord's clients do. Opening reads the nonce from the packet.
+    """
+
+    mode: EncryptionMode
+    #: bytes a sealed packet has beyond header + payload
+    overhead: int
+    _rtpsize: bool = False
+
+    def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
+        if len(secret_key) != KEY_SIZE:
+            raise ValueError(f"secret_key must be {KEY_SIZE} bytes, not {len(secret_key)}")
+        self.secret_key = bytes(secret_key)
+        self.nonce = nonce & 0xFFFF_FFFF
+
+    def _next_nonce(self) -> bytes:
+        nonce = _U32.pack(self.nonce)
+        self.nonce = (self.nonce + 1) & 0xFFFF_FFFF
+        return nonce
+
+    def seal(self, header: bytes, payload: bytes) -> bytes:
+        """The datagram for ``header`` (the whole RTP header) and ``payload`` (Opus)."""
+        clear = _clear_size(header, rtpsize=self._rtpsize)
+        return self._seal(bytes(header[:clear]), bytes(header[clear:]) + payload)
+
+    def open(self, packet: bytes) -> tuple[bytes, bytes]:
+        """Split a datagram into ``(header, payload)``; ``header`` includes the extension body.
+
+        Raises :class:`DecryptionError` when the packet does not authenticate and
+        :class:`PacketError` when it is not a well-formed packet of this mode.
+        """
+        clear = _clear_size(packet, rtpsize=self._rtpsize)
+        header = bytes(packet[:clear])
+        plaintext = self._open(header, memoryview(packet)[clear:])
+        if self._rtpsize:
+            body = _extension_body_size(header, clear)
+        elif header[0] & 0x10:
+            # Legacy modes encrypt the whole extension, its 4-byte header included.
+            if len(plaintext) < 4:
+                raise PacketError("extension header missing from the plaintext")
+            body = 4 + 4 * int.from_bytes(plaintext[2:4], "big")
+        else:
+            body = 0
+        if len(plaintext) < body:
+            raise PacketError("extension body longer than the plaintext")
+        return header + plaintext[:body], plaintext[body:]
+
+    @abc.abstractmethod
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes: ...
+
+    @abc.abstractmethod
+    def _open(self, clear: bytes, sealed: memoryview) -> bytes: ...
+
+
+class Aes256GcmRtpsize(TransportCipher):
+    mode = EncryptionMode.AEAD_AES256_GCM_RTPSIZE
+    overhead = TAG_SIZE + 4
+    _rtpsize = True
+
+    def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
+        super().__init__(secret_key, nonce=nonce)
+        self._aead = AESGCM(self.secret_key)
+
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
+        nonce = self._next_nonce()
+        return clear + self._aead.encrypt(nonce + _ZEROS_8, plaintext, clear) + nonce
+
+    def _open(self, clear: bytes, sealed: memoryview) -> bytes:
+        if len(sealed) < TAG_SIZE + 4:
+            raise DecryptionError("packet shorter than tag and nonce")
+        try:
+            return self._aead.decrypt(bytes(sealed[-4:]) + _ZEROS_8, sealed[:-4], clear)
+        except InvalidTag:
+            raise DecryptionError("AES-GCM authentication failed") from None
+
+
+class XChaCha20Poly1305Rtpsize(TransportCipher):
+    mode = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE
+    overhead = TAG_SIZE + 4
+    _rtpsize = True
+
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
+        nonce = self._next_nonce()
+        sealed = crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plaintext, clear, nonce + _ZEROS_20, self.secret_key
+        )
+        return clear + sealed + nonce
+
+    def _open(self, clear: bytes, sealed: memoryview) -> bytes:
+        if len(sealed) < TAG_SIZE + 4:
+            raise DecryptionError("packet shorter than tag and nonce")
+        try:
+            return crypto_aead_xchacha20poly1305_ietf_decrypt(
+                bytes(sealed[:-4]), clear, bytes(sealed[-4:]) + _ZEROS_20, self.secret_key
+            )
+        except CryptoError:
+            raise DecryptionError("XChaCha20-Poly1305 authentication failed") from None
+
+
+class _SecretBox(TransportCipher):
+    def _box(self, plaintext: bytes, nonce: bytes) -> bytes:
+        return crypto_secretbox(plaintext, nonce, self.secret_key)
+
+    def _unbox(self, sealed: bytes, nonce: bytes) -> bytes:
+        if len(sealed) < TAG_SIZE:
+            raise DecryptionError("packet shorter than the secretbox MAC")
+        try:
+            return crypto_secretbox_open(sealed, nonce, self.secret_key)
+        except CryptoError:
+            raise DecryptionError("XSalsa20-Poly1305 authentication failed") from None
+
+
+class XSalsa20Poly1305Lite(_SecretBox):
+    mode = EncryptionMode.XSALSA20_POLY1305_LITE
+    overhead = TAG_SIZE + 4
+
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
+        nonce = self._next_nonce()
+        return clear + self._box(plaintext, nonce + _ZEROS_20) + nonce
+
+    def _open(self, clear: bytes, sealed: memoryview) -> bytes:
+        if len(sealed) < 4:
+            raise DecryptionError("packet shorter than its nonce")
+        return self._unbox(bytes(sealed[:-4]), bytes(sealed[-4:]) + _ZEROS_20)
+
+
+class XSalsa20Poly1305Suffix(_SecretBox):
+    mode = EncryptionMode.XSALSA20_POLY1305_SUFFIX
+    overhead = TAG_SIZE + 24
+
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
+        nonce = os.urandom(24)
+        return clear + self._box(plaintext, nonce) + nonce
+
+    def _open(self, clear: bytes, sealed: memoryview) -> bytes:
+        if len(sealed) < 24:
+            raise DecryptionError("packet shorter than its nonce")
+        return self._unbox(bytes(sealed[:-24]), bytes(sealed[-24:]))
+
+
+class XSalsa20Poly1305(_SecretBox):
+    mode = EncryptionMode.XSALSA20_POLY1305
+    overhead = TAG_SIZE
+
+    def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
+        return clear + self._box(plaintext, clear[:12] + _ZEROS_12)
+
+    def _open(self, clear: bytes, sealed: memoryview) -> bytes:
+        return self._unbox(bytes(sealed), clear[:12] + _ZEROS_12)
+
+
+CIPHERS: Final[dict[EncryptionMode, type[TransportCipher]]] = {
+    cls.mode: cls
+    for cls in (
+        Aes256GcmRtpsize,
+        XChaCha20Poly1305Rtpsize,
+        XSalsa20Poly1305Lite,
+        XSalsa20Poly1305Suffix,
+        XSalsa20Poly1305,
+    )
+}
+
+
+def transport_cipher(mode: str, secret_key: bytes, *, nonce: int = 0) -> TransportCipher:
+    """The cipher for ``mode`` (a name from Ready's ``modes``) and a 32-byte ``secret_key``.
+
+    Raises :class:`ValueError` for a mode voxgate does not know or a key of the wrong size.
+    """
+    try:
+        cls = CIPHERS[EncryptionMode(mode)]
+    except ValueError:
+        raise ValueError(f"unknown encryption mode {mode!r}") from None
+    return cls(secret_key, nonce=nonce)
