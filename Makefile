@@ -30,8 +30,10 @@ $(JS)/node_modules/.package-lock.json: $(JS)/package.json $(JS)/package-lock.jso
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# One node on the defaults: wss on 127.0.0.1:8443, UDP on 8443, admin HTTP on 127.0.0.1:8444,
+# state (secret, admin key, self-signed CA and certificate) in ./var, made on first run.
 run: venv
-	$(BIN)/voxgate serve
+	$(BIN)/voxgate serve --data-dir var $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests bench
