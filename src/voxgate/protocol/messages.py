@@ -342,7 +342,8 @@ _BINARY_OPS: Final = frozenset(
         Op.MLS_WELCOME,
     }
 )
-_KNOWN_OPS: Final = frozenset(int(op) for op in Op)
+_CLIENT_OPS: Final = frozenset(_CLIENT_JSON) | {Op.MLS_KEY_PACKAGE, Op.MLS_COMMIT_WELCOME}
+_SERVER_OPS: Final = frozenset(_SERVER_JSON) | (_BINARY_OPS - _CLIENT_OPS)
 
 
 class _Envelope(Struct):
@@ -411,9 +412,11 @@ def decode_client_frame(frame: str | bytes, *, binary: bool | None = None) -> Cl
             return MlsKeyPackage(key_package=payload)
         if op == Op.MLS_COMMIT_WELCOME:
             return MlsCommitWelcome(commit_welcome=payload)
+        # A server-only op is as unknown from a client as an unassigned one (close 4001,
+        # as in text frames); a client op in the wrong framing is undecodable (4002).
         raise (
             _unknown_op(op)
-            if op not in _KNOWN_OPS
+            if op not in _CLIENT_OPS
             else _decode_error(f"op {op} is not a client binary message")
         )
     envelope = _envelope(frame)
@@ -453,7 +456,7 @@ def decode_server_frame(
             return MlsAnnounceCommitTransition(transition_id=transition_id, commit=payload[2:]), seq
         raise (
             _unknown_op(op)
-            if op not in _KNOWN_OPS
+            if op not in _SERVER_OPS
             else _decode_error(f"op {op} is not a server binary message")
         )
     envelope = _envelope(frame)
