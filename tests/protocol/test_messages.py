@@ -389,3 +389,33 @@ def test_decoded_messages_are_frozen() -> None:
         "video_ssrc": msgspec.UNSET,
         "rtx_ssrc": msgspec.UNSET,
     }
+
+
+DEEP = "[" * 5000 + "]" * 5000  # 10 KB, far inside MAX_FRAME_SIZE, beyond msgspec's depth
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"op":0,"d":{"server_id":"1","user_id":"2","session_id":"3","token":"4","streams":'
+        + DEEP
+        + "}}",
+        '{"op":0,"junk":' + DEEP + ',"d":{}}',
+        '{"op":3,"d":' + DEEP + "}",
+        DEEP,
+    ],
+    ids=["in-payload", "unknown-envelope-field", "heartbeat", "envelope"],
+)
+def test_deeply_nested_json_is_a_decode_error_not_a_crash(frame: str) -> None:
+    for decode in (decode_client_frame, decode_server_frame):
+        with pytest.raises(MessageDecodeError) as info:
+            decode(frame)
+        assert info.value.close_code in (CloseCode.DECODE_ERROR, CloseCode.UNKNOWN_OPCODE)
+
+
+def test_nonce_form_is_not_a_wire_field() -> None:
+    # a v8 object payload is always answered in the v8 form, whatever keys it carries
+    heartbeat = decode_client_frame('{"op":3,"d":{"t":7,"nonce_form":true}}')
+    assert heartbeat == Heartbeat(t=7)
+    ack, _ = decode_server_frame('{"op":6,"d":{"t":7,"nonce_form":true}}')
+    assert ack == HeartbeatAck(t=7)

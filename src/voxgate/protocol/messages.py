@@ -376,7 +376,8 @@ def _unknown_op(op: int) -> MessageDecodeError:
 def _envelope(frame: str | bytes) -> _Envelope:
     try:
         return _envelope_decoder.decode(frame)
-    except (msgspec.DecodeError, UnicodeError) as exc:
+    except (msgspec.DecodeError, UnicodeError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than msgspec's limit, well within 64 KiB
         raise _decode_error(f"undecodable payload: {exc}") from None
 
 
@@ -389,8 +390,12 @@ def _payload(cls: type[Message], raw: msgspec.Raw) -> Any:
             stripped = bytes(raw).strip()
             if stripped[:1] not in (b"{", b""):
                 return cls(t=_nonce_decoder.decode(raw), nonce_form=True)
-        return _payload_decoders[cls].decode(raw)
-    except msgspec.DecodeError as exc:
+        message = _payload_decoders[cls].decode(raw)
+        if (cls is Heartbeat or cls is HeartbeatAck) and message.nonce_form:
+            # nonce_form is voxgate's bookkeeping, not a wire field: an object is the v8 form
+            message = msgspec.structs.replace(message, nonce_form=False)
+        return message
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise _decode_error(f"invalid op {int(OP_OF[cls])} payload: {exc}") from None
 
 
