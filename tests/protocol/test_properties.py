@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import string
+from typing import Any
 
 import msgspec
 import pytest
@@ -27,6 +28,7 @@ from voxgate.protocol import (
 )
 from voxgate.protocol.crypto import transport_cipher
 from voxgate.protocol.messages import (
+    OP_OF,
     ClientConnect,
     ClientDisconnect,
     ClientFlags,
@@ -59,6 +61,7 @@ from voxgate.protocol.messages import (
     decode_server_frame,
     encode,
     is_binary,
+    payload_of,
 )
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -221,6 +224,13 @@ frames = st.one_of(
 )
 
 
+frames = st.one_of(
+    frames,
+    # nesting deeper than msgspec's recursion limit, in a frame well under MAX_FRAME_SIZE
+    st.integers(0, 3000).map(lambda depth: '{"op":0,"d":' + "[" * depth + "]" * depth + "}"),
+)
+
+
 @SETTINGS
 @given(frame=frames, binary=st.one_of(st.none(), st.booleans()))
 def test_client_frame_decoder_raises_only_message_decode_error(
@@ -241,6 +251,54 @@ def test_server_frame_decoder_raises_only_message_decode_error(
         decode_server_frame(frame, binary=binary)
     except MessageDecodeError as exc:
         assert exc.close_code in (4001, 4002)
+
+
+@SETTINGS
+@given(frame=frames)
+def test_whatever_the_server_accepts_it_re_encodes_faithfully(frame: str | bytes) -> None:
+    try:
+        message = decode_client_frame(frame)
+    except MessageDecodeError:
+        return
+    assert decode_client_frame(encode(message)) == message
+
+
+@SETTINGS
+@given(frame=frames)
+def test_whatever_a_client_accepts_it_re_encodes_faithfully(frame: str | bytes) -> None:
+    try:
+        message, seq = decode_server_frame(frame)
+    except MessageDecodeError:
+        return
+    assert decode_server_frame(encode(message, seq=seq)) == (message, seq)
+
+
+extra_fields = st.dictionaries(st.text(min_size=1, max_size=12), json_value, min_size=1, max_size=3)
+
+
+@SETTINGS
+@given(message=client_messages, extra=extra_fields)
+def test_server_ignores_fields_it_does_not_know(message: Message, extra: dict[str, Any]) -> None:
+    # Discord's clients add fields over time (video, streams, codecs...): accept and ignore
+    d = payload_of(message)
+    if is_binary(message) or not isinstance(d, dict):
+        return
+    known = {field.encode_name for field in msgspec.structs.fields(message)} | {"nonce_form"}
+    d.update({key: value for key, value in extra.items() if key not in known})
+    frame = msgspec.json.encode({"op": int(OP_OF[type(message)]), "d": d}).decode()
+    assert decode_client_frame(frame) == message
+
+
+@SETTINGS
+@given(message=server_messages, extra=extra_fields)
+def test_client_ignores_fields_it_does_not_know(message: Message, extra: dict[str, Any]) -> None:
+    d = payload_of(message)
+    if is_binary(message) or not isinstance(d, dict):
+        return
+    known = {field.encode_name for field in msgspec.structs.fields(message)} | {"nonce_form"}
+    d.update({key: value for key, value in extra.items() if key not in known})
+    frame = msgspec.json.encode({"op": int(OP_OF[type(message)]), "d": d, "seq": 1}).decode()
+    assert decode_server_frame(frame) == (message, 1)
 
 
 # --- RTP -------------------------------------------------------------------------------
