@@ -20,7 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
+from voxgate.protocol import EncryptionMode
 from voxgate.protocol.messages import (
+    OP_OF,
     ClientDisconnect,
     Heartbeat,
     HeartbeatAck,
@@ -225,3 +227,14 @@ def test_v8_heartbeat_ack_is_the_form_the_spec_does_not_describe(spec: dict[str,
         json.loads(str(encode(HeartbeatAck(t=5, nonce_form=True)))),
         _schema(spec, "VoiceHeartbeatAck"),
     )
+
+
+@pytest.mark.parametrize("name", list(MESSAGES))
+def test_spec_opcode_is_voxgates(spec: dict[str, Any], name: str) -> None:
+    cls, _, _ = MESSAGES[name]
+    assert _schema(spec, name)["properties"]["op"]["const"] == OP_OF[cls]
+
+
+def test_spec_modes_are_exactly_voxgates(spec: dict[str, Any]) -> None:
+    data = _schema(spec, "SelectProtocol")["properties"]["d"]["properties"]["data"]
+    assert data["properties"]["mode"]["enum"] == [str(mode) for mode in EncryptionMode]
