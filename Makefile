@@ -36,7 +36,7 @@ run: venv
 	$(BIN)/voxgate serve --data-dir var $(ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests $(wildcard bench)
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src/voxgate/protocol
