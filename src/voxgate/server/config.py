@@ -1,0 +1,54 @@
+"""What one voice server node is told at start: where to listen, what to offer, how long to wait.
+
+``voxgate serve`` builds a :class:`ServerConfig` from its flags; the node, the gateway and
+the sessions only ever read it, so tests construct one directly with port 0.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from voxgate.protocol.opcodes import DEFAULT_MODES, EncryptionMode
+
+# Discord's own voice servers say 13750 ms in Hello; discord.py caps what it uses at 5 s anyway.
+DEFAULT_HEARTBEAT_INTERVAL_MS = 13750.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One node's listening addresses and protocol parameters."""
+
+    host: str = "127.0.0.1"
+    port: int = 8443
+    udp_port: int | None = None
+    public_ip: str | None = None
+    modes: tuple[EncryptionMode, ...] = DEFAULT_MODES
+    heartbeat_interval_ms: float = DEFAULT_HEARTBEAT_INTERVAL_MS
+    # None serves plain ws (``--insecure``); real clients insist on wss.
+    ssl_context: ssl.SSLContext | None = None
+    # How long a session whose WebSocket dropped keeps its ssrc, key and UDP flow for a Resume.
+    resume_grace_s: float = 45.0
+
+    def __post_init__(self) -> None:
+        if not self.modes:
+            raise ValueError("at least one encryption mode must be offered")
+        if len(set(self.modes)) != len(self.modes):
+            raise ValueError("an encryption mode is listed twice")
+        if self.heartbeat_interval_ms <= 0:
+            raise ValueError("heartbeat interval must be positive")
+
+    @property
+    def effective_udp_port(self) -> int:
+        """The UDP port: the WebSocket's port number unless told otherwise."""
+        return self.port if self.udp_port is None else self.udp_port
+
+    @property
+    def effective_public_ip(self) -> str:
+        """The address put in Ready for clients to send media to."""
+        return self.public_ip or self.host
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the WebSocket, as VOICE_SERVER_UPDATE carries it."""
+        return f"{self.effective_public_ip}:{self.port}"
