@@ -1,0 +1,131 @@
+"""The admin HTTP listener: health, Prometheus metrics, and joins minted for bots and tests.
+
+``POST /v1/voice/join`` answers with the two events Discord's main gateway would dispatch
+to a bot that joins a voice channel (VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE), so any
+client that can be fed those events can join this node. It is bound to loopback by default
+and guarded by the data dir's admin key, because whoever holds it can join any channel.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import msgspec
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from voxgate.server.auth import TokenAuthority, VoiceGrant
+
+log = logging.getLogger(__name__)
+
+MAX_ID_LENGTH = 64
+
+
+class NodeView(Protocol):
+    """What the admin listener reads from a running node."""
+
+    @property
+    def stats(self) -> Any: ...
+
+    def session_count(self) -> int: ...
+
+    def channel_count(self) -> int: ...
+
+
+class JoinRequest(msgspec.Struct, forbid_unknown_fields=True):
+    guild_id: str
+    channel_id: str
+    user_id: str
+    session_id: str | None = None
+
+
+def join_events(token: str, grant: VoiceGrant, endpoint: str) -> dict[str, dict[str, str]]:
+    """The VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE payloads a bot needs to join."""
+    return {
+        "voice_state": {
+            "guild_id": grant.guild_id,
+            "channel_id": grant.channel_id,
+            "user_id": grant.user_id,
+            "session_id": grant.session_id,
+        },
+        "voice_server": {"token": token, "guild_id": grant.guild_id, "endpoint": endpoint},
+    }
+
+
+class _NodeCollector(Collector):
+    """Reads the node's plain integer counters at scrape time, so the hot path pays nothing."""
+
+    def __init__(self, node: NodeView) -> None:
+        self._node = node
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._node.stats
+        yield GaugeMetricFamily(
+            "voxgate_sessions", "Voice sessions alive on this node", self._node.session_count()
+        )
+        yield GaugeMetricFamily(
+            "voxgate_channels",
+            "Voice channels with members on this node",
+            self._node.channel_count(),
+        )
+        for name, help_text in (
+            ("packets_in", "Datagrams received on the media socket"),
+            ("packets_out", "RTP packets sent to members"),
+            ("bytes_in", "Bytes received on the media socket"),
+            ("bytes_out", "Bytes sent to members"),
+        ):
+            yield CounterMetricFamily(f"voxgate_{name}", help_text, getattr(stats, name, 0))
+        dropped = CounterMetricFamily(
+            "voxgate_packets_dropped", "Datagrams dropped, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(getattr(stats, "dropped", {}).items()):
+            dropped.add_metric([str(reason)], count)
+        yield dropped
+
+
+def admin_app(
+    node: NodeView, authority: TokenAuthority, admin_key: str, endpoint: str
+) -> web.Application:
+    """The aiohttp application of the admin listener."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_NodeCollector(node))
+    expected = f"Bearer {admin_key}".encode()
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"status": "ok", "sessions": node.session_count(), "channels": node.channel_count()}
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def join(request: web.Request) -> web.Response:
+        offered = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(offered, expected):
+            return web.json_response({"error": "missing or wrong admin key"}, status=401)
+        try:
+            body = msgspec.json.decode(await request.read(), type=JoinRequest)
+        except msgspec.DecodeError as exc:
+            return web.json_response({"error": f"bad join request: {exc}"}, status=400)
+        for name in ("guild_id", "channel_id", "user_id", "session_id"):
+            value = getattr(body, name)
+            if value is not None and not (0 < len(value) <= MAX_ID_LENGTH):
+                return web.json_response(
+                    {"error": f"{name} must be 1-{MAX_ID_LENGTH} characters"}, status=400
+                )
+        token, grant = authority.mint(body.guild_id, body.channel_id, body.user_id, body.session_id)
+        log.info("minted join", extra={"guild_id": grant.guild_id, "user_id": grant.user_id})
+        return web.json_response(join_events(token, grant, endpoint))
+
+    app = web.Application(client_max_size=64 * 1024)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/voice/join", join)
+    return app
