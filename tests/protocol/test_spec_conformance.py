@@ -1,6 +1,6 @@
 """Conformance of voxgate's message codecs to the project's AsyncAPI spec.
 
-The spec (``shared/spec/discord-voice-asyncapi.yaml``, beside the repository) names 11
+The spec (``spec/discord-voice-asyncapi.yaml``, the project's seed document) names 11
 messages. For each, what :func:`encode` produces must validate against the spec's payload
 schema, and an instance built from the schema alone (required fields, types, enum and
 const values) must decode, with the decoder of the side that receives it, into the right
@@ -42,9 +42,7 @@ from voxgate.protocol.messages import (
     payload_of,
 )
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "spec" / ("discord-voice-asyncapi.yaml")
-)
+SPEC_PATH = Path(__file__).resolve().parents[2] / "spec" / "discord-voice-asyncapi.yaml"
 
 #: spec message name -> (voxgate struct, who sends it, a realistic instance)
 MESSAGES: dict[str, tuple[type[Message], str, Message]] = {
