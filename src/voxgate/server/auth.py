@@ -88,20 +88,16 @@ class TokenAuthority:
         Raises :class:`InvalidToken` with a short reason for a bad signature, an expired or
         malformed token, or one missing a claim.
         """
-        options: dict[str, object] = {"require": ["exp", "sub"]}
         try:
-            if now is None:
-                claims = jwt.decode(token, self._secret, algorithms=[ALGORITHM], options=options)
-            else:
-                # PyJWT reads the clock itself; checking expiry here lets tests pass a time.
-                claims = jwt.decode(
-                    token,
-                    self._secret,
-                    algorithms=[ALGORITHM],
-                    options={**options, "verify_exp": False},
-                )
-                if now >= float(claims["exp"]):
-                    raise InvalidToken("token expired")
+            # PyJWT reads the clock itself; given ``now``, expiry is checked here instead.
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "sub"], "verify_exp": now is None},
+            )
+            if now is not None and now >= float(claims["exp"]):
+                raise InvalidToken("token expired")
         except jwt.ExpiredSignatureError:
             raise InvalidToken("token expired") from None
         except jwt.InvalidSignatureError:

@@ -46,7 +46,11 @@ class ServerConfig:
     @property
     def effective_public_ip(self) -> str:
         """The address put in Ready for clients to send media to."""
-        return self.public_ip or self.host
+        if self.public_ip:
+            return self.public_ip
+        # A wildcard bind is not an address a client can send to; loopback at least works
+        # on this machine, and --public-ip says what to use beyond it.
+        return "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
 
     @property
     def endpoint(self) -> str:

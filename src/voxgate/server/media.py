@@ -1,0 +1,108 @@
+"""The UDP media plane: one socket, every datagram of every session on the node.
+
+A datagram is one of four things, told apart by length and first bytes (PROTOCOL.md §4-5):
+
+- **RTP**: looked up by ssrc, opened with the sender's key and mode. A packet that does not
+  authenticate is dropped and counted, never forwarded; one that does confirms (or moves)
+  the sender's address and goes to :meth:`Router.forward`, which seals it again for each
+  receiver.
+- **IP discovery** request: answered with the address and port it came from, only for the
+  ssrc of an identified session, with a reply exactly as long as the request (no
+  amplification). The first request sets the session's address; after that only packets
+  that authenticate can move it, so a spoofed request cannot redirect anyone's audio.
+- **Keep-alive** (discord.js's 8 bytes every 5 s): counted and dropped.
+- **RTCP**: terminated here, counted and not forwarded. A receiver report describes the
+  leg between the server and the receiver, which the sender neither sees nor controls, and
+  Discord's clients neither need nor act on forwarded reports.
+
+Anything else is dropped and counted by reason in :class:`NodeStats`. Nothing here logs
+per packet or raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import cast
+
+from voxgate.protocol import discovery
+from voxgate.protocol.errors import DecryptionError, PacketError
+from voxgate.server.router import Router
+from voxgate.server.stats import NodeStats
+
+log = logging.getLogger(__name__)
+
+_DISCOVERY_SIZE = discovery.SIZE
+_KEEPALIVE_SIZE = 8
+
+
+class MediaEndpoint(asyncio.DatagramProtocol):
+    """The asyncio protocol of the node's UDP socket."""
+
+    def __init__(self, router: Router, stats: NodeStats) -> None:
+        self.router = router
+        self.stats = stats
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's selector transport does not subclass DatagramTransport, uvloop's does.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        self.router.sendto = self.transport.sendto
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a receiver that went away surfaces here, not in sendto.
+        self.stats.send_errors += 1
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        stats = self.stats
+        stats.packets_in += 1
+        stats.bytes_in += len(data)
+        size = len(data)
+        if size >= 12 and data[0] >> 6 == 2 and not 200 <= data[1] <= 204:
+            session = self.router.by_ssrc.get(int.from_bytes(data[8:12], "big"))
+            if session is None:
+                stats.dropped["unknown_ssrc"] += 1
+                return
+            cipher = session.cipher
+            if cipher is None:
+                stats.dropped["not_described"] += 1
+                return
+            try:
+                header, payload = cipher.open(data)
+            except DecryptionError:
+                stats.dropped["decrypt_failed"] += 1
+                return
+            except PacketError:
+                stats.dropped["malformed"] += 1
+                return
+            if session.address != addr:
+                session.address = addr
+            self.router.forward(session, header, payload)
+        elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
+            self._discovery(data, addr)
+        elif size == _KEEPALIVE_SIZE:
+            stats.keepalives_in += 1
+        elif size >= 8 and data[0] >> 6 == 2:
+            stats.rtcp_in += 1
+        else:
+            stats.dropped["unknown_kind"] += 1
+
+    def _discovery(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            request = discovery.parse(data)
+        except PacketError:
+            self.stats.dropped["unknown_kind"] += 1
+            return
+        session = self.router.by_ssrc.get(request.ssrc)
+        if session is None:
+            self.stats.dropped["discovery_refused"] += 1
+            return
+        if session.address is None:
+            session.address = addr
+        # A request from another address is still answered (a client behind a NAT that
+        # rebinds asks again, and the answer is no larger than the question), but the
+        # session's address moves only with its first packet that authenticates.
+        response = discovery.build_response(request.ssrc, addr[0], addr[1])
+        if self.transport is not None:
+            self.transport.sendto(response, addr)
+            self.stats.discovery_answered += 1

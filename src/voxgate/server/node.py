@@ -1,0 +1,121 @@
+"""One voice server node: the wss gateway, the UDP media socket and the router between them.
+
+``voxgate serve`` runs one; tests start one on port 0 in their own event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+
+from aiohttp import web
+
+from voxgate.protocol.opcodes import CloseCode
+from voxgate.server.auth import TokenAuthority
+from voxgate.server.config import ServerConfig
+from voxgate.server.gateway import gateway_handler
+from voxgate.server.media import MediaEndpoint
+from voxgate.server.router import Router
+from voxgate.server.session import GatewayConnection
+from voxgate.server.stats import NodeStats
+
+log = logging.getLogger(__name__)
+
+#: How often detached sessions are checked against the resume grace.
+EXPIRY_PERIOD_S = 1.0
+#: Socket buffers sized for bursts of a few thousand datagrams between event-loop turns.
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class VoiceNode:
+    """A running node; :meth:`start` binds, :meth:`close` ends every session and unbinds."""
+
+    def __init__(self, config: ServerConfig, authority: TokenAuthority) -> None:
+        self.config = config
+        self.stats = NodeStats()
+        self.router = Router(config, authority, self.stats)
+        self._connections: set[GatewayConnection] = set()
+        self._runner: web.AppRunner | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self.port = config.port
+        self.udp_port = config.effective_udp_port
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        udp = socket.socket(
+            socket.AF_INET6 if ":" in self.config.host else socket.AF_INET, socket.SOCK_DGRAM
+        )
+        try:
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                udp.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
+            udp.bind((self.config.host, self.config.effective_udp_port))
+        except OSError:
+            udp.close()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: MediaEndpoint(self.router, self.stats), sock=udp
+        )
+        self._transport = transport
+        self.udp_port = udp.getsockname()[1]
+
+        app = web.Application()
+        app.router.add_get("/", gateway_handler(self.router, self._connections))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        await runner.setup()
+        site = web.TCPSite(
+            runner, self.config.host, self.config.port, ssl_context=self.config.ssl_context
+        )
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            transport.close()
+            raise
+        self._runner = runner
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        # Ready must carry the ports actually bound, also when asked for port 0.
+        self.config = dataclasses.replace(self.config, port=self.port, udp_port=self.udp_port)
+        self.router.config = self.config
+        self._expiry = asyncio.create_task(self._expire_sessions())
+        log.info(
+            "voice node listening: gateway %s:%d, media udp %s:%d, modes %s",
+            self.config.host,
+            self.port,
+            self.config.host,
+            self.udp_port,
+            ",".join(self.config.modes),
+        )
+
+    async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        for connection in list(self._connections):
+            connection.close(CloseCode.GOING_AWAY, "server shutting down")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def session_count(self) -> int:
+        return len(self.router.sessions)
+
+    def channel_count(self) -> int:
+        return len(self.router.channels)
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of the gateway, as VOICE_SERVER_UPDATE carries it."""
+        return self.config.endpoint
+
+    async def _expire_sessions(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(EXPIRY_PERIOD_S)
+            self.router.expire(loop.time())

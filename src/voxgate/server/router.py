@@ -1,0 +1,278 @@
+"""Channels, their members, and what one member's actions mean for the others.
+
+The router holds every live :class:`~voxgate.server.session.VoiceSession` of a node, by
+session id and by ssrc, grouped into channels. The gateway calls it for Identify, Resume,
+Select Protocol and Speaking; it answers the caller and notifies the other members (Clients
+Connect, Speaking with ``user_id``, Client Disconnect). The media plane calls
+:meth:`Router.forward` with each authenticated packet: the per-packet fan-out that seals the
+packet again for each receiver with the receiver's own key, mode and nonce counter.
+
+Everything here is in-memory and synchronous; the one I/O it does is ``sendto`` on the
+media socket it is given, so it runs the same under tests with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable
+
+from voxgate.protocol.crypto import transport_cipher
+from voxgate.protocol.messages import (
+    ClientDisconnect,
+    ClientsConnect,
+    Identify,
+    Ready,
+    Resume,
+    Resumed,
+    SelectProtocol,
+    SessionDescription,
+    Speaking,
+    encode,
+)
+from voxgate.protocol.opcodes import CloseCode, EncryptionMode
+from voxgate.server.auth import InvalidToken, TokenAuthority
+from voxgate.server.config import ServerConfig
+from voxgate.server.session import GatewayConnection, VoiceSession
+from voxgate.server.stats import NodeStats
+
+log = logging.getLogger(__name__)
+
+SendTo = Callable[[bytes, tuple[str, int]], None]
+ChannelKey = tuple[str, str]
+
+
+class Channel:
+    """The members of one voice channel on this node."""
+
+    __slots__ = ("key", "members")
+
+    def __init__(self, key: ChannelKey) -> None:
+        self.key = key
+        # A list, not a dict: the fan-out iterates it for every packet.
+        self.members: list[VoiceSession] = []
+
+
+def _no_socket(packet: bytes, address: tuple[str, int]) -> None:
+    return None
+
+
+class Router:
+    """Every session and channel of one node."""
+
+    def __init__(self, config: ServerConfig, authority: TokenAuthority, stats: NodeStats) -> None:
+        self.config = config
+        self.authority = authority
+        self.stats = stats
+        self.sessions: dict[str, VoiceSession] = {}
+        self.by_ssrc: dict[int, VoiceSession] = {}
+        self.channels: dict[ChannelKey, Channel] = {}
+        #: The media socket's sendto; the node sets it once the socket is bound.
+        self.sendto: SendTo = _no_socket
+
+    # --- gateway -------------------------------------------------------------------------
+
+    def identify(self, connection: GatewayConnection, message: Identify, now: float) -> None:
+        try:
+            grant = self.authority.verify(message.token)
+        except InvalidToken as exc:
+            connection.close(
+                CloseCode.AUTHENTICATION_FAILED, f"authentication failed: {exc.reason}"
+            )
+            return
+        if (grant.guild_id, grant.user_id, grant.session_id) != (
+            message.server_id,
+            message.user_id,
+            message.session_id,
+        ):
+            connection.close(
+                CloseCode.AUTHENTICATION_FAILED,
+                "authentication failed: token is for another guild, user or session",
+            )
+            return
+        existing = self.sessions.get(grant.session_id)
+        if existing is not None:
+            if existing.connection is not None:
+                connection.close(
+                    CloseCode.AUTHENTICATION_FAILED,
+                    "authentication failed: session already connected",
+                )
+                return
+            # The client lost its WebSocket and identifies again instead of resuming.
+            self.leave(existing, "identified again")
+        for other in list(self.sessions.values()):
+            if other.guild_id == grant.guild_id and other.user_id == grant.user_id:
+                # One voice state per user per guild, as on Discord: the newer join wins.
+                self.leave(other, "joined from another session", close=CloseCode.DISCONNECTED)
+
+        key = (grant.guild_id, grant.channel_id)
+        channel = self.channels.get(key)
+        if channel is None:
+            channel = self.channels[key] = Channel(key)
+        session = VoiceSession(grant, message.token, self._allocate_ssrc(), channel)
+        self.sessions[session.session_id] = session
+        self.by_ssrc[session.ssrc] = session
+        session.attach(connection)
+        session.log.info("identified in channel %s", grant.channel_id)
+        session.send(
+            Ready(
+                ssrc=session.ssrc,
+                ip=self.config.effective_public_ip,
+                port=self.config.effective_udp_port,
+                modes=[str(mode) for mode in self.config.modes],
+            )
+        )
+        present = [member.user_id for member in channel.members]
+        if present:
+            session.send(ClientsConnect(user_ids=present))
+        for member in channel.members:
+            member.send(ClientsConnect(user_ids=[session.user_id]))
+        channel.members.append(session)
+
+    def resume(self, connection: GatewayConnection, message: Resume, now: float) -> None:
+        session = self.sessions.get(message.session_id)
+        if session is None or session.guild_id != message.server_id:
+            connection.close(CloseCode.SESSION_NO_LONGER_VALID, "session no longer valid")
+            return
+        if message.token != session.token:
+            connection.close(
+                CloseCode.AUTHENTICATION_FAILED, "authentication failed: token does not match"
+            )
+            return
+        seq_ack = message.seq_ack if isinstance(message.seq_ack, int) else -1
+        missed = session.replay_after(max(seq_ack, -1)) if seq_ack >= 0 else []
+        if missed is None:
+            connection.close(
+                CloseCode.SESSION_NO_LONGER_VALID, "session no longer valid: too much missed"
+            )
+            return
+        previous = session.connection
+        if previous is not None:
+            # A half-open WebSocket the client has already given up on.
+            previous.session = None
+            previous.close(CloseCode.SESSION_NO_LONGER_VALID, "resumed on another connection")
+        session.attach(connection)
+        for frame in missed:
+            connection.push(frame)
+        connection.push(encode(Resumed()))
+        session.log.info("resumed, %d messages replayed", len(missed))
+
+    def select_protocol(
+        self, connection: GatewayConnection, session: VoiceSession, message: SelectProtocol
+    ) -> None:
+        if message.protocol != "udp":
+            connection.close(
+                CloseCode.UNKNOWN_PROTOCOL, f"unknown protocol {message.protocol[:32]!r}"
+            )
+            return
+        try:
+            mode = EncryptionMode(message.data.mode)
+        except ValueError:
+            mode = None
+        if mode is None or mode not in self.config.modes:
+            connection.close(
+                CloseCode.UNKNOWN_ENCRYPTION_MODE,
+                f"unknown encryption mode {message.data.mode[:48]!r}",
+            )
+            return
+        secret_key = secrets.token_bytes(32)
+        first_description = session.cipher is None
+        session.mode = mode
+        session.cipher = transport_cipher(mode, secret_key)
+        session.send(
+            SessionDescription(
+                mode=mode.value,
+                secret_key=list(secret_key),
+                dave_protocol_version=0,
+                audio_codec="opus",
+                media_session_id=os.urandom(16).hex(),
+            )
+        )
+        session.log.info("session described, mode %s", mode.value)
+        if not first_description:
+            return
+        # PROTOCOL.md §8, the first-packet race: receivers map ssrc -> user only from op 5
+        # and drop packets of unknown ssrcs, so every described member learns every other
+        # one's ssrc now, before any audio can arrive.
+        for member in session.channel.members:
+            if member is session or not member.described:
+                continue
+            member.send(
+                Speaking(speaking=session.speaking, ssrc=session.ssrc, user_id=session.user_id)
+            )
+            session.send(
+                Speaking(speaking=member.speaking, ssrc=member.ssrc, user_id=member.user_id)
+            )
+
+    def speaking(self, session: VoiceSession, message: Speaking) -> None:
+        session.speaking = message.speaking
+        relayed = Speaking(speaking=message.speaking, ssrc=session.ssrc, user_id=session.user_id)
+        for member in session.channel.members:
+            if member is not session and member.described:
+                member.send(relayed)
+
+    def detach(
+        self, connection: GatewayConnection, session: VoiceSession, now: float, *, leaving: bool
+    ) -> None:
+        if session.connection is connection:
+            session.detach(now)
+            if leaving:
+                self.leave(session, "left")
+            else:
+                session.log.info("gateway lost; resumable for %.0f s", self.config.resume_grace_s)
+
+    def leave(self, session: VoiceSession, why: str, *, close: int | None = None) -> None:
+        """End ``session``: out of its channel, the others told (op 13)."""
+        if session.closed:
+            return
+        session.closed = True
+        if self.sessions.get(session.session_id) is session:
+            del self.sessions[session.session_id]
+        if self.by_ssrc.get(session.ssrc) is session:
+            del self.by_ssrc[session.ssrc]
+        channel = session.channel
+        if session in channel.members:
+            channel.members.remove(session)
+        if not channel.members and self.channels.get(channel.key) is channel:
+            del self.channels[channel.key]
+        for member in channel.members:
+            member.send(ClientDisconnect(user_id=session.user_id))
+        if close is not None and session.connection is not None:
+            session.connection.close(close, f"disconnected: {why}")
+        session.connection = None
+        session.log.info("session ended: %s", why)
+
+    def expire(self, now: float) -> None:
+        """End sessions whose WebSocket has been gone longer than the resume grace."""
+        grace = self.config.resume_grace_s
+        for session in list(self.sessions.values()):
+            if session.detached_at is not None and now - session.detached_at >= grace:
+                self.leave(session, "not resumed in time")
+
+    def _allocate_ssrc(self) -> int:
+        while True:
+            ssrc = secrets.randbits(32)
+            if ssrc and ssrc not in self.by_ssrc:
+                return ssrc
+
+    # --- media ---------------------------------------------------------------------------
+
+    def forward(self, sender: VoiceSession, header: bytes, payload: bytes) -> None:
+        """Seal ``header`` + ``payload`` for every other described member and send it.
+
+        The hot path: no allocation beyond each sealed packet, no logging, no awaits.
+        """
+        sendto = self.sendto
+        stats = self.stats
+        for receiver in sender.channel.members:
+            if receiver is sender:
+                continue
+            cipher = receiver.cipher
+            address = receiver.address
+            if cipher is None or address is None:
+                continue
+            packet = cipher.seal(header, payload)
+            sendto(packet, address)
+            stats.packets_out += 1
+            stats.bytes_out += len(packet)

@@ -1,0 +1,46 @@
+"""The node's counters: plain integers the hot path bumps and the metrics exporter reads.
+
+A Prometheus call per packet would cost more than forwarding the packet; an attribute
+increment costs almost nothing, and ``admin.py`` turns these into metrics at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+#: Why a datagram was dropped; each is a label value of ``voxgate_packets_dropped``.
+DROP_REASONS = (
+    "unknown_kind",  # neither RTP, RTCP, IP discovery nor keep-alive
+    "unknown_ssrc",  # no session has this ssrc
+    "not_described",  # the session has no Session Description (no key) yet
+    "malformed",  # not a well-formed packet of the sender's mode
+    "decrypt_failed",  # did not authenticate with the sender's key
+    "discovery_refused",  # IP discovery for an ssrc no identified session owns
+)
+
+
+class NodeStats:
+    """Counters for one node, all monotonic."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "discovery_answered",
+        "dropped",
+        "keepalives_in",
+        "packets_in",
+        "packets_out",
+        "rtcp_in",
+        "send_errors",
+    )
+
+    def __init__(self) -> None:
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.rtcp_in = 0
+        self.keepalives_in = 0
+        self.discovery_answered = 0
+        self.send_errors = 0
+        self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
