@@ -24,6 +24,7 @@ from voxgate.protocol.messages import (
     Identify,
     Message,
     Ready,
+    Resume,
     SelectProtocol,
     SelectProtocolData,
     SessionDescription,
@@ -79,7 +80,8 @@ class Peer:
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for frame in self.ws:
+        while True:
+            frame = await self.ws.receive()
             if frame.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                 message, seq = decode_server_frame(frame.data)
                 if seq is not None:
@@ -90,6 +92,11 @@ class Peer:
                 self.close_code = frame.data
                 self.close_reason = frame.extra or ""
                 await self.ws.close()
+                break
+            elif frame.type is aiohttp.WSMsgType.CLOSING:
+                break  # our own close() in progress; receiving again would send a 1000
+            elif frame.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                self.close_code = self.close_code or self.ws.close_code
                 break
 
     async def send(self, message: Message) -> None:
@@ -124,7 +131,7 @@ class Peer:
         self, authority: TokenAuthority, guild: str, channel: str, user: str, mode: str
     ) -> SessionDescription:
         token, grant = authority.mint(guild, channel, user)
-        self.token, self.session_id = token, grant.session_id
+        self.token, self.session_id, self.guild = token, grant.session_id, guild
         await self.open()
         await self.send(
             Identify(server_id=guild, user_id=user, session_id=grant.session_id, token=token)
@@ -164,6 +171,27 @@ class Peer:
                 header, payload = self.cipher.open(await self.datagrams.queue.get())
                 received.append((int.from_bytes(header[8:12], "big"), payload))
         return received
+
+    async def cut(self) -> None:
+        """Lose the WebSocket the way a network does: no close frame, the TCP just ends."""
+        assert self.ws is not None and self._reader is not None
+        self.ws._conn.transport.abort()  # type: ignore[union-attr]
+        self._reader.cancel()
+        with suppress(asyncio.CancelledError):
+            await self._reader
+        self.messages = asyncio.Queue()
+
+    async def resume(self) -> None:
+        """Open a new WebSocket and Resume the session with the last seq seen."""
+        await self.open()
+        await self.send(
+            Resume(
+                server_id=self.guild,
+                session_id=self.session_id,
+                token=self.token,
+                seq_ack=self.last_seq,
+            )
+        )
 
     async def heartbeat(self) -> None:
         await self.send(Heartbeat(t=1, seq_ack=self.last_seq))

@@ -54,12 +54,13 @@ def gateway_handler(router: Router, connections: set[GatewayConnection]) -> Hand
         connection.on_output = wake.set
         wake.set()  # Hello is already in the outbox
         writer = asyncio.create_task(_write(ws, connection, wake))
+        client_close_code: int | None = None
         try:
-            await _read(ws, connection, loop)
+            client_close_code = await _read(ws, connection, loop)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            leaving = ws.close_code in LEAVING_CLOSE_CODES and connection.close_request is None
+            leaving = client_close_code in LEAVING_CLOSE_CODES
             connection.connection_lost(loop.time(), leaving=leaving)
             wake.set()
             connections.discard(connection)
@@ -74,7 +75,8 @@ def gateway_handler(router: Router, connections: set[GatewayConnection]) -> Hand
 
 async def _read(
     ws: web.WebSocketResponse, connection: GatewayConnection, loop: asyncio.AbstractEventLoop
-) -> None:
+) -> int | None:
+    """Feed frames to ``connection`` until either side closes; the client's close code."""
     while not ws.closed and connection.close_request is None:
         timeout = max(0.0, connection.next_timer() - loop.time())
         try:
@@ -86,13 +88,18 @@ async def _read(
             frame: str | bytes = message.data
             if len(frame) > MAX_FRAME_SIZE:
                 connection.close(CloseCode.MESSAGE_TOO_BIG, "frame larger than 64 KiB")
-                return
+                return None
             connection.receive(frame, loop.time())
-        elif message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return
+        elif message.type is WSMsgType.CLOSE:
+            # aiohttp answers the close itself and then reports its own code (1000) as
+            # ws.close_code; whether the client left on purpose is in the frame it sent.
+            return int(message.data)
+        elif message.type in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
         elif message.type is WSMsgType.ERROR:
             log.debug("websocket error: %s", ws.exception())
-            return
+            return None
+    return None
 
 
 async def _write(
