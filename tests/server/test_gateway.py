@@ -226,3 +226,14 @@ async def test_gateway_urls_real_clients_use_are_accepted(start_node, peers, pat
     node = await start_node()
     hello = await peers(node).open(path if path.startswith("/") else "/" + path)
     assert hello.heartbeat_interval > 0
+
+
+async def test_message_flood_is_closed_with_4021(honest, peers) -> None:
+    node, call = honest
+    mallory = peers(node)
+    await mallory.open()
+    for n in range(150):
+        await mallory.send_raw(json.dumps({"op": 3, "d": {"t": n, "seq_ack": -1}}))
+    code, reason = await mallory.closed()
+    assert code == CloseCode.RATE_LIMITED and reason
+    await call.check()

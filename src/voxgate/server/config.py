@@ -29,6 +29,9 @@ class ServerConfig:
     ssl_context: ssl.SSLContext | None = None
     # How long a session whose WebSocket dropped keeps its ssrc, key and UDP flow for a Resume.
     resume_grace_s: float = 45.0
+    # Packets a second one session may have forwarded: three times Opus's 50, so that a
+    # client catching up after a stall is not cut, while a flood is.
+    packet_rate_cap: float = 150.0
 
     def __post_init__(self) -> None:
         if not self.modes:

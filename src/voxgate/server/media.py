@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import cast
 
 from voxgate.protocol import discovery
@@ -74,6 +75,14 @@ class MediaEndpoint(asyncio.DatagramProtocol):
                 return
             except PacketError:
                 stats.dropped["malformed"] += 1
+                return
+            window = session.replay
+            if window is not None and not window.accept_packet(data):
+                stats.dropped["replayed"] += 1
+                return
+            # After authentication: forged packets must not spend a member's allowance.
+            if not session.rate.allow(monotonic()):
+                stats.dropped["rate_limited"] += 1
                 return
             if session.address != addr:
                 session.address = addr

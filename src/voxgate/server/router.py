@@ -34,6 +34,7 @@ from voxgate.protocol.messages import (
 from voxgate.protocol.opcodes import CloseCode, EncryptionMode
 from voxgate.server.auth import InvalidToken, TokenAuthority
 from voxgate.server.config import ServerConfig
+from voxgate.server.guard import replay_window
 from voxgate.server.session import GatewayConnection, VoiceSession
 from voxgate.server.stats import NodeStats
 
@@ -110,7 +111,13 @@ class Router:
         channel = self.channels.get(key)
         if channel is None:
             channel = self.channels[key] = Channel(key)
-        session = VoiceSession(grant, message.token, self._allocate_ssrc(), channel)
+        session = VoiceSession(
+            grant,
+            message.token,
+            self._allocate_ssrc(),
+            channel,
+            packet_rate_cap=self.config.packet_rate_cap,
+        )
         self.sessions[session.session_id] = session
         self.by_ssrc[session.ssrc] = session
         session.attach(connection)
@@ -180,6 +187,7 @@ class Router:
         first_description = session.cipher is None
         session.mode = mode
         session.cipher = transport_cipher(mode, secret_key)
+        session.replay = replay_window(mode)
         session.send(
             SessionDescription(
                 mode=mode.value,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, MutableMapping
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from voxgate.protocol.crypto import TransportCipher
@@ -43,6 +44,7 @@ from voxgate.protocol.messages import (
     encode,
 )
 from voxgate.protocol.opcodes import CloseCode, EncryptionMode
+from voxgate.server.guard import RateLimit, ReplayWindow
 
 if TYPE_CHECKING:
     from voxgate.server.auth import VoiceGrant
@@ -60,6 +62,13 @@ IDENTIFY_TIMEOUT_S = 30.0
 #: Heartbeats may be this many intervals apart before the session times out (4009):
 #: one late heartbeat is network weather, two missed ones are a dead client.
 HEARTBEAT_TOLERANCE = 2.0
+#: Messages a client may send: a burst, then a steady rate. Real clients send a heartbeat
+#: every few seconds and Speaking when audio starts or stops; far more is abuse (4021).
+MESSAGE_BURST = 100
+MESSAGE_RATE = 20.0
+#: Frames waiting for a WebSocket that does not drain: beyond this the reader is too slow,
+#: and its connection is closed (resumable) rather than growing without bound.
+OUTBOX_LIMIT = 4096
 
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
@@ -79,7 +88,15 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
 class VoiceSession:
     """One member's voice session: identity, media state and the messages sent to it."""
 
-    def __init__(self, grant: VoiceGrant, token: str, ssrc: int, channel: Channel) -> None:
+    def __init__(
+        self,
+        grant: VoiceGrant,
+        token: str,
+        ssrc: int,
+        channel: Channel,
+        *,
+        packet_rate_cap: float,
+    ) -> None:
         self.guild_id = grant.guild_id
         self.channel_id = grant.channel_id
         self.user_id = grant.user_id
@@ -94,6 +111,9 @@ class VoiceSession:
         # Learnt from IP discovery, then moved only by packets that authenticate.
         self.address: tuple[str, int] | None = None
         self.speaking = 0
+        self.replay: ReplayWindow | None = None
+        # The media plane reads time.monotonic(), which the loop's clock need not be (uvloop).
+        self.rate = RateLimit(packet_rate_cap, packet_rate_cap, monotonic())
         self.connection: GatewayConnection | None = None
         self.detached_at: float | None = None
         self.closed = False
@@ -155,10 +175,14 @@ class GatewayConnection:
         self._heartbeat_timeout_s = interval_s * HEARTBEAT_TOLERANCE
         self._heartbeat_deadline = now + self._heartbeat_timeout_s
         self._identify_deadline: float | None = now + IDENTIFY_TIMEOUT_S
+        self._allowance = RateLimit(MESSAGE_RATE, MESSAGE_BURST, now)
         self.push(encode(Hello(heartbeat_interval=router.config.heartbeat_interval_ms)))
 
     def push(self, frame: Frame) -> None:
         if self.close_request is None:
+            if len(self.outbox) >= OUTBOX_LIMIT:
+                self.close(CloseCode.SESSION_TIMEOUT, "too slow reading the gateway")
+                return
             self.outbox.append(frame)
             self.on_output()
 
@@ -179,6 +203,9 @@ class GatewayConnection:
     def receive(self, frame: Frame, now: float) -> None:
         """Handle one frame the client sent."""
         if self.close_request is not None:
+            return
+        if not self._allowance.allow(now):
+            self.close(CloseCode.RATE_LIMITED, "rate limited: too many messages")
             return
         try:
             message = decode_client_frame(frame)

@@ -15,6 +15,8 @@ DROP_REASONS = (
     "not_described",  # the session has no Session Description (no key) yet
     "malformed",  # not a well-formed packet of the sender's mode
     "decrypt_failed",  # did not authenticate with the sender's key
+    "replayed",  # authenticated, but a copy of a packet already relayed
+    "rate_limited",  # beyond the per-session packet rate cap
     "discovery_refused",  # IP discovery for an ssrc no identified session owns
 )
 

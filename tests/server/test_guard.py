@@ -1,0 +1,71 @@
+"""The anti-replay window and the rate bucket, on their own."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from voxgate.protocol.opcodes import EncryptionMode
+from voxgate.server.guard import RateLimit, ReplayWindow, replay_window
+
+
+def test_each_counter_is_accepted_once_in_any_order() -> None:
+    window = ReplayWindow(size=64)
+    assert [window.accept(n) for n in (5, 3, 4, 5, 3, 10, 4, 9)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+    ]
+
+
+def test_counters_too_far_behind_are_refused() -> None:
+    window = ReplayWindow(size=64)
+    assert window.accept(1000)
+    assert not window.accept(1000 - 64)
+    assert window.accept(1000 - 63)
+
+
+def test_counter_wraps_at_2_to_the_32() -> None:
+    window = ReplayWindow(size=64)
+    assert window.accept(0xFFFF_FFFE)
+    assert window.accept(0xFFFF_FFFF)
+    assert window.accept(0)
+    assert window.accept(1)
+    assert not window.accept(0xFFFF_FFFF)
+
+
+@given(st.lists(st.integers(0, 2000), max_size=300))
+def test_window_never_accepts_a_counter_twice(counters: list[int]) -> None:
+    window = ReplayWindow(size=128)
+    accepted = [n for n in counters if window.accept(n)]
+    assert len(accepted) == len(set(accepted))
+
+
+@given(st.permutations(list(range(200))))
+def test_in_window_reordering_loses_nothing(order: list[int]) -> None:
+    window = ReplayWindow(size=256)
+    assert all(window.accept(n) for n in order)
+
+
+def test_suffix_mode_has_no_window_and_legacy_mode_windows_the_sequence() -> None:
+    assert replay_window(EncryptionMode.XSALSA20_POLY1305_SUFFIX) is None
+    legacy = replay_window(EncryptionMode.XSALSA20_POLY1305)
+    assert legacy is not None
+    packet = bytes.fromhex("8078fffe") + bytes(8) + b"sealed"
+    assert legacy.accept_packet(packet)
+    assert not legacy.accept_packet(packet)
+    assert legacy.accept_packet(bytes.fromhex("80780001") + bytes(8) + b"sealed")
+
+
+def test_rate_limit_allows_the_burst_then_the_rate() -> None:
+    # Powers of two keep the clock arithmetic exact.
+    bucket = RateLimit(rate=64, burst=10, now=0.0)
+    assert sum(bucket.allow(0.0) for _ in range(20)) == 10
+    assert sum(bucket.allow(1.0) for _ in range(100)) == 10
+    assert sum(bucket.allow(1.0 + n / 64) for n in range(1, 65)) == 64
+    assert sum(bucket.allow(2.0) for _ in range(2)) == 0

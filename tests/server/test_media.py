@@ -1,0 +1,139 @@
+"""The media plane under hostile datagrams: dropped, counted, never forwarded, never amplified."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from voxgate.protocol import discovery
+from voxgate.protocol.opcodes import EncryptionMode
+from voxgate.protocol.rtp import RtpHeader, build_keepalive
+from voxgate.server.auth import TokenAuthority
+
+AES = EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value
+
+
+@pytest.fixture
+async def call(start_node, peers, authority: TokenAuthority):
+    node = await start_node()
+    alice, bob = peers(node), peers(node)
+    await alice.join(authority, "g", "c", "alice", AES)
+    await bob.join(authority, "g", "c", "bob", AES)
+    return node, alice, bob
+
+
+def _stranger(node) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.connect(("127.0.0.1", node.udp_port))
+    sock.setblocking(False)
+    return sock
+
+
+async def _recv(sock: socket.socket) -> bytes:
+    """The next datagram; TimeoutError when none comes in half a second."""
+    return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 1024), 0.5)
+
+
+async def _settle(node, count: int) -> None:
+    async with asyncio.timeout(5):
+        while node.stats.packets_in < count:
+            await asyncio.sleep(0.01)
+
+
+async def test_replayed_packet_is_dropped(call) -> None:
+    node, alice, bob = call
+    header = RtpHeader(sequence=1, timestamp=960, ssrc=alice.ready.ssrc).build()
+    packet = alice.cipher.seal(header, b"once")
+    alice.udp.sendto(packet)
+    alice.udp.sendto(packet)
+    alice.send_audio(b"next")
+    assert await bob.receive_audio(2) == [(alice.ready.ssrc, b"once"), (alice.ready.ssrc, b"next")]
+    assert node.stats.dropped["replayed"] == 1
+
+
+async def test_flood_beyond_the_rate_cap_is_dropped(start_node, peers, authority) -> None:
+    node = await start_node(packet_rate_cap=20.0)
+    alice, bob = peers(node), peers(node)
+    await alice.join(authority, "g", "c", "alice", AES)
+    await bob.join(authority, "g", "c", "bob", AES)
+    before = node.stats.packets_in
+    for n in range(100):
+        alice.send_audio(n.to_bytes(2, "big"))
+    await _settle(node, before + 100)
+    assert node.stats.dropped["rate_limited"] >= 70
+    assert node.stats.packets_out <= 30
+
+
+async def test_packet_for_an_unknown_ssrc_is_dropped(call) -> None:
+    node, _, _ = call
+    stranger = _stranger(node)
+    stranger.send(RtpHeader(sequence=1, timestamp=1, ssrc=12345).build() + bytes(40))
+    await _settle(node, node.stats.packets_in + 1)
+    assert node.stats.dropped["unknown_ssrc"] == 1
+    stranger.close()
+
+
+async def test_spoofed_packet_from_another_address_neither_forwards_nor_moves_the_member(
+    call,
+) -> None:
+    node, alice, bob = call
+    stranger = _stranger(node)
+    forged = RtpHeader(sequence=9, timestamp=9, ssrc=alice.ready.ssrc).build() + bytes(60)
+    stranger.send(forged)
+    # A discovery request for alice's ssrc from the stranger is answered to the stranger,
+    # no bigger than asked, and does not move alice's address.
+    request = discovery.build_request(alice.ready.ssrc)
+    stranger.send(request)
+    answer = await _recv(stranger)
+    assert len(answer) == len(request)
+    bob.send_audio(b"to alice")
+    assert await alice.receive_audio(1) == [(bob.ready.ssrc, b"to alice")]
+    assert node.stats.dropped["decrypt_failed"] == 1
+    with pytest.raises(TimeoutError):
+        await _recv(stranger)
+    stranger.close()
+
+
+async def test_discovery_for_an_unidentified_ssrc_gets_no_answer(call) -> None:
+    node, _, _ = call
+    stranger = _stranger(node)
+    stranger.send(discovery.build_request(424242))
+    with pytest.raises(TimeoutError):
+        await _recv(stranger)
+    assert node.stats.dropped["discovery_refused"] == 1
+    stranger.close()
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        (b"", "unknown_kind"),
+        (b"\x00" * 5, "unknown_kind"),
+        (b"\x00\x02" + bytes(72), "unknown_kind"),  # a discovery *response*, sent to a server
+        (b"\x00\x01\x00\x46" + bytes(70), "discovery_refused"),
+    ],
+)
+async def test_garbage_is_counted_by_reason(call, datagram: bytes, reason: str) -> None:
+    node, alice, bob = call
+    stranger = _stranger(node)
+    before = node.stats.dropped[reason]
+    stranger.send(datagram)
+    await _settle(node, node.stats.packets_in + 1)
+    assert node.stats.dropped[reason] == before + 1
+    alice.send_audio(b"still fine")
+    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"still fine")]
+    stranger.close()
+
+
+async def test_keepalive_and_rtcp_are_counted_and_not_forwarded(call) -> None:
+    node, alice, bob = call
+    alice.udp.sendto(build_keepalive(1))
+    rtcp = bytes([0x80, 201, 0, 1]) + alice.ready.ssrc.to_bytes(4, "big") + bytes(24)
+    alice.udp.sendto(rtcp)
+    alice.send_audio(b"audio")
+    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"audio")]
+    assert (node.stats.keepalives_in, node.stats.rtcp_in) == (1, 1)
+    assert node.stats.packets_out == 1
