@@ -78,6 +78,10 @@ class _NodeCollector(Collector):
             ("packets_out", "RTP packets sent to members"),
             ("bytes_in", "Bytes received on the media socket"),
             ("bytes_out", "Bytes sent to members"),
+            ("rtcp_in", "RTCP packets received (terminated, not forwarded)"),
+            ("keepalives_in", "UDP keep-alives received"),
+            ("discovery_answered", "IP discovery requests answered"),
+            ("send_errors", "Errors reported by the media socket"),
         ):
             yield CounterMetricFamily(f"voxgate_{name}", help_text, getattr(stats, name, 0))
         dropped = CounterMetricFamily(

@@ -1,0 +1,274 @@
+"""Unmodified discord.py and @discordjs/voice clients join voxgate and hear each other.
+
+Every scenario runs the real clients as processes (``dpy_client.py`` and
+``js/client.mjs``) against a real ``voxgate serve`` process, and compares the Opus packets
+each receiver got with the packets of the file the sender played: same bytes, same order,
+nothing lost (loopback), followed by the five silence frames a sender ends with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.audio import SILENCE, ogg_packets, read_packet_log
+from tests.support.drivers import Driver, start_driver
+from tests.support.proxy import CuttableProxy
+from tests.support.server import RunningServer
+
+pytestmark = pytest.mark.interop
+
+# Receivers start listening this long before a sender starts: a join takes well under it.
+LEAD_S = 1.5
+
+
+def _received(driver: Driver, user: str) -> list[bytes]:
+    assert driver.out is not None
+    return read_packet_log(driver.out).get(user, [])
+
+
+def _without_trailing_silence(packets: list[bytes]) -> list[bytes]:
+    while packets and packets[-1] == SILENCE:
+        packets = packets[:-1]
+    return packets
+
+
+async def _stream(
+    server: RunningServer,
+    tmp_path: Path,
+    ids: Callable[[], str],
+    sender_kind: str,
+    receiver_kind: str,
+    file: Path,
+) -> tuple[list[bytes], str]:
+    guild, channel, sender_id, receiver_id = ids(), ids(), ids(), ids()
+    receiver = await start_driver(
+        receiver_kind,
+        "receive",
+        server.join(guild, channel, receiver_id),
+        server.ca_path,
+        tmp_path,
+        out=True,
+        seconds=LEAD_S + 4,
+    )
+    await receiver.wait_for("listening")
+    sender = await start_driver(
+        sender_kind,
+        "play",
+        server.join(guild, channel, sender_id),
+        server.ca_path,
+        tmp_path,
+        file=file,
+    )
+    try:
+        await sender.finish()
+        await receiver.finish()
+    finally:
+        sender.kill()
+        receiver.kill()
+    return _received(receiver, sender_id), sender_id
+
+
+@pytest.mark.parametrize(("sender_kind", "receiver_kind"), [("js", "dpy"), ("dpy", "js")])
+async def test_one_client_hears_the_other_byte_exact(
+    voxgate_server, tmp_path, ids, tones, sender_kind, receiver_kind
+) -> None:
+    file, _ = tones(2.0, 1)
+    sent = ogg_packets(file)
+    received, _ = await _stream(voxgate_server, tmp_path, ids, sender_kind, receiver_kind, file)
+    assert _without_trailing_silence(received) == sent
+    # Then the silence frames senders end with (receivers may swallow some of them).
+    assert 0 < len(received) - len(sent) <= 5
+
+
+async def test_mixed_modes_two_speaking_at_once_three_members(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    server = voxgate_server
+    guild, channel = ids(), ids()
+    listener_id, js_id, dpy_id = ids(), ids(), ids()
+    js_file, dpy_file = tones(2.0, 2)[0], tones(2.0, 3)[0]
+    listener = await start_driver(
+        "dpy",
+        "receive",
+        server.join(guild, channel, listener_id),
+        server.ca_path,
+        tmp_path,
+        out=True,
+        seconds=LEAD_S + 5,
+    )
+    await listener.wait_for("listening")
+    js = await start_driver(
+        "js",
+        "play",
+        server.join(guild, channel, js_id),
+        server.ca_path,
+        tmp_path,
+        file=js_file,
+        out=True,
+        linger=1.0,
+    )
+    dpy = await start_driver(
+        "dpy",
+        "play",
+        server.join(guild, channel, dpy_id),
+        server.ca_path,
+        tmp_path,
+        file=dpy_file,
+        out=True,
+        linger=1.0,
+    )
+    try:
+        assert (await js.wait_for("ready"))["mode"] == "aead_aes256_gcm_rtpsize"
+        assert (await dpy.wait_for("ready"))["mode"] == "aead_xchacha20_poly1305_rtpsize"
+        for driver in (js, dpy, listener):
+            await driver.finish()
+    finally:
+        for driver in (js, dpy, listener):
+            driver.kill()
+    js_sent, dpy_sent = ogg_packets(js_file), ogg_packets(dpy_file)
+    assert _without_trailing_silence(_received(listener, js_id)) == js_sent
+    assert _without_trailing_silence(_received(listener, dpy_id)) == dpy_sent
+    # The two speakers hear each other, across modes, from the moment each is in: the one
+    # that joined second missed the other's first packets, never any after.
+    for heard, sent in (
+        (_without_trailing_silence(_received(js, dpy_id)), dpy_sent),
+        (_without_trailing_silence(_received(dpy, js_id)), js_sent),
+    ):
+        assert len(heard) > len(sent) // 2
+        assert heard == sent[len(sent) - len(heard) :]
+
+
+@pytest.mark.parametrize(
+    "mode", ["xsalsa20_poly1305_lite", "xsalsa20_poly1305_suffix", "xsalsa20_poly1305"]
+)
+async def test_legacy_xsalsa20_modes_carry_discord_py_audio(
+    start_voxgate, tmp_path, ids, tones, mode
+) -> None:
+    server = start_voxgate("--modes", mode)
+    file, _ = tones(1.0, 4)
+    received, _ = await _stream(server, tmp_path, ids, "dpy", "dpy", file)
+    assert _without_trailing_silence(received) == ogg_packets(file)
+
+
+async def test_late_joiner_is_told_who_is_here_and_hears_the_rest(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    server = voxgate_server
+    guild, channel, sender_id, early_id, late_id = ids(), ids(), ids(), ids(), ids()
+    file, _ = tones(4.0, 5)
+    sent = ogg_packets(file)
+    early = await start_driver(
+        "dpy",
+        "receive",
+        server.join(guild, channel, early_id),
+        server.ca_path,
+        tmp_path,
+        out=True,
+        seconds=LEAD_S + 6,
+    )
+    await early.wait_for("listening")
+    sender = await start_driver(
+        "js", "play", server.join(guild, channel, sender_id), server.ca_path, tmp_path, file=file
+    )
+    await sender.wait_for("playing")
+    await asyncio.sleep(1.0)
+    late = await start_driver(
+        "dpy",
+        "receive",
+        server.join(guild, channel, late_id),
+        server.ca_path,
+        tmp_path,
+        out=True,
+        seconds=5,
+    )
+    try:
+        for driver in (sender, early, late):
+            await driver.finish()
+    finally:
+        for driver in (sender, early, late):
+            driver.kill()
+    # Clients Connect told the late joiner about both members already there...
+    assert late.saw("voice_member_connect", user_id=sender_id)
+    assert late.saw("voice_member_connect", user_id=early_id)
+    # ...Speaking told it whose ssrc the audio is, and it heard the rest of the stream.
+    assert late.saw("voice_member_speaking_state", user_id=sender_id)
+    heard = _without_trailing_silence(_received(late, sender_id))
+    assert 10 < len(heard) < len(sent) - 10
+    assert heard == sent[len(sent) - len(heard) :]
+    assert _without_trailing_silence(_received(early, sender_id)) == sent
+    # The others learnt of the newcomer (op 11) and of the sender leaving (op 13).
+    assert early.saw("voice_member_connect", user_id=late_id)
+    assert early.saw("voice_member_disconnect", user_id=sender_id)
+    assert late.saw("voice_member_disconnect", user_id=sender_id)
+
+
+async def test_sender_whose_websocket_is_cut_resumes_and_keeps_streaming(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    # discord.js resumes after losing its WebSocket; discord.py 2.7 resumes only after a
+    # close 4015 and otherwise disconnects and joins again.
+    server = voxgate_server
+    proxy = CuttableProxy(server.port)
+    await proxy.start()
+    guild, channel, sender_id, receiver_id, joiner_id = ids(), ids(), ids(), ids(), ids()
+    file, _ = tones(4.0, 6)
+    sent = ogg_packets(file)
+    receiver = await start_driver(
+        "dpy",
+        "receive",
+        server.join(guild, channel, receiver_id),
+        server.ca_path,
+        tmp_path,
+        out=True,
+        seconds=LEAD_S + 6,
+    )
+    await receiver.wait_for("listening")
+    join = server.join(guild, channel, sender_id)
+    join["voice_server"]["endpoint"] = f"127.0.0.1:{proxy.port}"
+    sender = await start_driver("js", "play", join, server.ca_path, tmp_path, file=file)
+    resumed_before = server.log_count(r"resumed, \d+ messages replayed")
+    joiner = None
+    try:
+        await sender.wait_for("playing")
+        await asyncio.sleep(0.5)
+        cutting = asyncio.create_task(proxy.cut(hold_s=1.0))
+        await asyncio.sleep(0.2)
+        # Someone joins while the sender's WebSocket is dead: what the server tells the
+        # sender about it must reach it through the replay.
+        joiner = await start_driver(
+            "dpy",
+            "receive",
+            server.join(guild, channel, joiner_id),
+            server.ca_path,
+            tmp_path,
+            seconds=1,
+        )
+        await cutting
+        for driver in (sender, receiver, joiner):
+            await driver.finish()
+    finally:
+        for driver in (sender, receiver, joiner):
+            if driver is not None:
+                driver.kill()
+        await proxy.close()
+    assert proxy.accepted >= 2, "the sender came back through a new connection"
+    assert server.log_count(r"resumed, \d+ messages replayed") > resumed_before
+    ops = [event["op"] for event in sender.saw("ws")]
+    resumed_at = ops.index(9)
+    # Clients Connect about the joiner was sent during the cut and arrived as a replay,
+    # before Resumed.
+    connects = [
+        index
+        for index, event in enumerate(sender.saw("ws"))
+        if event["op"] == 11 and joiner_id in event["d"]["user_ids"]
+    ]
+    assert connects and connects[0] < resumed_at
+    # Nothing was lost: every packet of the file arrived, in order. discord.js pauses its
+    # player while its WebSocket is down (with silence frames, as after any pause) and
+    # picks up where it stopped once resumed.
+    heard = [packet for packet in _received(receiver, sender_id) if packet != SILENCE]
+    assert heard == sent

@@ -1,0 +1,1 @@
+"""Test support: a real ``voxgate serve`` subprocess, audio files, a cuttable TCP proxy."""
