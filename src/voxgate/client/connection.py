@@ -1,0 +1,465 @@
+"""``VoiceConnection``: join a voice server with the two Discord events, send and receive RTP.
+
+The asyncio adapter around :class:`~voxgate.client.gateway.ClientGateway`: one WebSocket
+at a time (resumed or re-identified when it drops, per :func:`after_close`), one UDP
+socket for the life of the connection (so a resume never interrupts media), heartbeats at
+the interval Hello gives, and a keep-alive datagram every few seconds so NATs keep the
+flow. Audio goes out through :meth:`VoiceConnection.send_opus`; what comes in is opened
+with the session's key and handed to the listeners (see ``receiver.py``).
+
+Example::
+
+    connection = await VoiceConnection.connect(events["voice_state"], events["voice_server"])
+    async with connection:
+        await connection.set_speaking(True)
+        connection.send_opus(frame)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl as ssl_module
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from voxgate.client.gateway import ClientGateway, CloseAction, GatewayState, VoiceJoin, after_close
+from voxgate.errors import VoxgateError
+from voxgate.protocol import discovery
+from voxgate.protocol.crypto import TransportCipher, transport_cipher
+from voxgate.protocol.errors import MessageDecodeError, PacketError
+from voxgate.protocol.messages import (
+    MAX_FRAME_SIZE,
+    ClientDisconnect,
+    ClientsConnect,
+    Ready,
+    Resumed,
+    SessionDescription,
+    Speaking,
+)
+from voxgate.protocol.opcodes import SpeakingFlags
+from voxgate.protocol.rtp import build_keepalive
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_INTERVAL_S = 5.0
+DISCOVERY_TIMEOUT_S = 2.0
+DISCOVERY_ATTEMPTS = 3
+RECONNECT_ATTEMPTS = 5
+_RTP_HEADER = struct.Struct(">BBHII")
+
+
+class VoiceConnectionError(VoxgateError):
+    """The connection failed or was closed in a way retrying cannot fix."""
+
+    def __init__(self, reason: str, close_code: int | None = None) -> None:
+        super().__init__(reason if close_code is None else f"{reason} (close {close_code})")
+        self.reason = reason
+        self.close_code = close_code
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConnectionReady:
+    ssrc: int
+    mode: str
+
+
+@dataclass(frozen=True)
+class MemberSpeaking:
+    user_id: str
+    ssrc: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class MembersConnected:
+    user_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MemberDisconnected:
+    user_id: str
+
+
+@dataclass(frozen=True)
+class ConnectionResumed:
+    replayed: int
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    code: int | None
+    reason: str
+
+
+VoiceEvent = (
+    ConnectionReady
+    | MemberSpeaking
+    | MembersConnected
+    | MemberDisconnected
+    | ConnectionResumed
+    | ConnectionClosed
+)
+
+#: Called with (ssrc, rtp_header, opus_payload) for every authenticated RTP packet.
+PacketListener = Callable[[int, bytes, bytes], None]
+
+
+class _MediaSocket(asyncio.DatagramProtocol):
+    def __init__(self, connection: VoiceConnection) -> None:
+        self.connection = connection
+        self.transport: asyncio.DatagramTransport | None = None
+        self.discovery: asyncio.Future[discovery.Discovery] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) == discovery.SIZE and data[0] == 0 and data[1] == discovery.RESPONSE:
+            if self.discovery is not None and not self.discovery.done():
+                with contextlib.suppress(PacketError):
+                    self.discovery.set_result(discovery.parse(data))
+            return
+        self.connection._on_datagram(data)
+
+
+class VoiceConnection:
+    """A joined voice session: gateway, media socket and the session's keys."""
+
+    def __init__(
+        self,
+        join: VoiceJoin,
+        *,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        modes: Sequence[str] | None = None,
+    ) -> None:
+        self.join = join
+        self.gateway = ClientGateway(join, modes=modes)
+        self._ssl = ssl
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._media: _MediaSocket | None = None
+        self._cipher: TransportCipher | None = None
+        self._events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
+        self._listeners: list[PacketListener] = []
+        self._ready = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._keepalive: asyncio.Task[None] | None = None
+        self._failure: VoiceConnectionError | None = None
+        self._closing = False
+        self.closed = asyncio.Event()
+        self.sequence = 0
+        self.timestamp = 0
+        self.packets_sent = 0
+        self.packets_received = 0
+        self.packets_dropped = 0
+        self.resumes = 0
+        self.reidentifies = 0
+
+    # --- joining -------------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        voice_state: dict[str, Any],
+        voice_server: dict[str, Any],
+        *,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        modes: Sequence[str] | None = None,
+        timeout: float = 20.0,
+    ) -> VoiceConnection:
+        """Join with VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE; returns once media can flow.
+
+        ``ssl`` is the context to trust the server with (default: the system's CAs);
+        ``modes`` overrides the order of encryption modes preferred. Raises
+        :class:`VoiceConnectionError` when the server refuses the session (4004, 4014, ...)
+        or nothing answers within ``timeout`` seconds.
+        """
+        connection = cls(VoiceJoin.from_events(voice_state, voice_server), ssl=ssl, modes=modes)
+        try:
+            async with asyncio.timeout(timeout):
+                await connection._start()
+        except TimeoutError:
+            await connection.close()
+            raise VoiceConnectionError(f"no voice session within {timeout:g} s") from None
+        except BaseException:
+            await connection.close()
+            raise
+        return connection
+
+    async def _start(self) -> None:
+        self._http = aiohttp.ClientSession()
+        self._runner = asyncio.create_task(self._run())
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+        if self._failure is not None:
+            raise self._failure
+        if not self._ready.is_set():
+            raise VoiceConnectionError("the connection closed during the handshake")
+
+    # --- public API ----------------------------------------------------------------------
+
+    @property
+    def ssrc(self) -> int:
+        ready = self.gateway.ready
+        if ready is None:
+            raise VoiceConnectionError("not connected")
+        return ready.ssrc
+
+    @property
+    def mode(self) -> str | None:
+        return self.gateway.mode
+
+    @property
+    def user_id(self) -> str:
+        return self.join.user_id
+
+    def user_of(self, ssrc: int) -> str | None:
+        """The user an ssrc belongs to, as the server's Speaking messages said."""
+        return self.gateway.users_by_ssrc.get(ssrc)
+
+    def add_listener(self, listener: PacketListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: PacketListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    async def events(self) -> AsyncIterator[VoiceEvent]:
+        """The connection's events, until it closes."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, ConnectionClosed):
+                return
+
+    async def next_event(self, kind: type[Any], timeout: float = 10.0) -> Any:
+        """The next event of ``kind`` (others are skipped). Raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self._events.get()
+                if isinstance(event, kind):
+                    return event
+
+    async def set_speaking(self, speaking: bool | int = True) -> None:
+        """Send Speaking (op 5); a client must before its first audio packet."""
+        flags = int(SpeakingFlags.MICROPHONE) if speaking is True else int(speaking)
+        await self._send(self.gateway.speaking(flags))
+
+    def send_opus(self, opus: bytes, *, samples: int = 960) -> None:
+        """Seal one Opus frame into an RTP packet and send it; advances sequence and timestamp."""
+        cipher, media = self._cipher, self._media
+        if cipher is None or media is None or media.transport is None:
+            raise VoiceConnectionError("not connected")
+        header = _RTP_HEADER.pack(0x80, 0x78, self.sequence, self.timestamp, self.ssrc)
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        self.timestamp = (self.timestamp + samples) & 0xFFFF_FFFF
+        media.transport.sendto(cipher.seal(header, opus))
+        self.packets_sent += 1
+
+    async def close(self) -> None:
+        """Leave: close the WebSocket normally (1000), the media socket and the HTTP session."""
+        self._closing = True
+        if self._ws is not None and not self._ws.closed:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code=1000)
+        for task in (self._runner, self._keepalive):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._media is not None and self._media.transport is not None:
+            self._media.transport.close()
+        if self._http is not None:
+            await self._http.close()
+        if not self.closed.is_set():
+            self.closed.set()
+            self._events.put_nowait(ConnectionClosed(1000, "closed by us"))
+
+    async def __aenter__(self) -> VoiceConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- the WebSocket, across reconnects ------------------------------------------------
+
+    async def _run(self) -> None:
+        action = CloseAction.IDENTIFY
+        attempts = 0
+        code: int | None = None
+        reason = ""
+        while not self._closing:
+            try:
+                code, reason = await self._session(resume=action is CloseAction.RESUME)
+            except VoiceConnectionError as exc:
+                self._failure = exc
+                code, reason = exc.close_code, exc.reason
+                break
+            except (aiohttp.ClientError, OSError) as exc:
+                code, reason = None, f"{type(exc).__name__}: {exc}"
+            if self._closing:
+                break
+            action = after_close(code)
+            log.info("voice gateway closed (%s %s): %s", code, reason, action.value)
+            if action is CloseAction.STOP:
+                break
+            if not self._ready.is_set() and action is not CloseAction.RESUME and attempts:
+                break
+            attempts += 1
+            if attempts > RECONNECT_ATTEMPTS:
+                reason = f"gave up after {RECONNECT_ATTEMPTS} reconnects: {reason}"
+                break
+            if action is CloseAction.RESUME and self.gateway.ready is None:
+                action = CloseAction.IDENTIFY
+            await asyncio.sleep(min(0.25 * 2 ** (attempts - 1), 5.0))
+        if not self._ready.is_set():
+            self._failure = VoiceConnectionError(reason or "the server closed the connection", code)
+        if not self.closed.is_set():
+            self.closed.set()
+            self._events.put_nowait(ConnectionClosed(code, reason))
+
+    async def _session(self, *, resume: bool) -> tuple[int | None, str]:
+        """One WebSocket, from open to close; returns the close code and reason."""
+        assert self._http is not None
+        ws = await self._http.ws_connect(
+            self.join.url,
+            ssl=self._ssl if self._ssl is not None else True,
+            max_msg_size=MAX_FRAME_SIZE,
+            autoclose=False,
+        )
+        self._ws = ws
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            await self._send(self.gateway.resume() if resume else self.gateway.identify())
+            if resume:
+                self.resumes += 1
+            elif self._ready.is_set():
+                self.reidentifies += 1
+            replayed = 0
+            while True:
+                message = await ws.receive()
+                if message.type is aiohttp.WSMsgType.CLOSE:
+                    await ws.close()
+                    return message.data, str(message.extra or "")
+                if message.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    return ws.close_code, "closed"
+                if message.type is aiohttp.WSMsgType.ERROR:
+                    return None, f"websocket error: {ws.exception()}"
+                if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    continue
+                try:
+                    server_message = self.gateway.receive(message.data)
+                except MessageDecodeError as exc:
+                    log.debug("ignoring undecodable server frame: %s", exc.reason)
+                    continue
+                if heartbeat is None and self.gateway.heartbeat_interval_s:
+                    heartbeat = asyncio.create_task(self._heartbeat(ws))
+                if self.gateway.state is GatewayState.RESUMING:
+                    replayed += 1
+                await self._handle(server_message, replayed)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+            self._ws = None
+
+    async def _handle(self, message: object, replayed: int) -> None:
+        match message:
+            case Ready():
+                await self._discover_and_select(message)
+            case SessionDescription():
+                self._cipher = transport_cipher(message.mode, bytes(message.secret_key))
+                if self._keepalive is None:
+                    self._keepalive = asyncio.create_task(self._keep_alive())
+                first = not self._ready.is_set()
+                self._ready.set()
+                self._events.put_nowait(ConnectionReady(self.ssrc, message.mode))
+                if first:
+                    log.info("voice connection ready: ssrc %d, mode %s", self.ssrc, message.mode)
+            case Speaking() if isinstance(message.user_id, str):
+                self._events.put_nowait(
+                    MemberSpeaking(message.user_id, message.ssrc, message.speaking)
+                )
+            case ClientsConnect():
+                self._events.put_nowait(MembersConnected(tuple(message.user_ids)))
+            case ClientDisconnect():
+                self._events.put_nowait(MemberDisconnected(message.user_id))
+            case Resumed():
+                self._events.put_nowait(ConnectionResumed(max(replayed - 1, 0)))
+
+    async def _discover_and_select(self, ready: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        if self._media is None:
+            _, protocol = await loop.create_datagram_endpoint(
+                lambda: _MediaSocket(self), remote_addr=(ready.ip, ready.port)
+            )
+            self._media = protocol
+        media = self._media
+        assert media.transport is not None
+        for _ in range(DISCOVERY_ATTEMPTS):
+            media.discovery = loop.create_future()
+            media.transport.sendto(discovery.build_request(ready.ssrc))
+            try:
+                found = await asyncio.wait_for(media.discovery, DISCOVERY_TIMEOUT_S)
+                break
+            except TimeoutError:
+                continue
+        else:
+            raise VoiceConnectionError("IP discovery got no answer")
+        try:
+            frame = self.gateway.select_protocol(found.address, found.port)
+        except ValueError as exc:
+            raise VoiceConnectionError(str(exc)) from None
+        await self._send(frame)
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        interval = self.gateway.heartbeat_interval_s or 5.0
+        while not ws.closed:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self._send(self.gateway.heartbeat(int(time.time() * 1000)))
+
+    async def _keep_alive(self) -> None:
+        counter = 0
+        while True:
+            media = self._media
+            if media is not None and media.transport is not None:
+                media.transport.sendto(build_keepalive(counter))
+                counter += 1
+            await asyncio.sleep(KEEPALIVE_INTERVAL_S)
+
+    async def _send(self, frame: str | bytes) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise VoiceConnectionError("the gateway is not connected")
+        if isinstance(frame, str):
+            await ws.send_str(frame)
+        else:
+            await ws.send_bytes(frame)
+
+    # --- media in ------------------------------------------------------------------------
+
+    def _on_datagram(self, data: bytes) -> None:
+        cipher = self._cipher
+        if cipher is None or len(data) < 12 or data[0] >> 6 != 2 or 200 <= data[1] <= 204:
+            return  # keep-alives, RTCP and anything before the session is described
+        try:
+            header, payload = cipher.open(data)
+        except PacketError:
+            self.packets_dropped += 1
+            return
+        self.packets_received += 1
+        ssrc = int.from_bytes(header[8:12], "big")
+        for listener in self._listeners:
+            listener(ssrc, header, payload)
