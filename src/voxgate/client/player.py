@@ -123,7 +123,9 @@ class AudioPlayer:
         connection = self.connection
         self.state = PlayerState.PLAYING
         await connection.set_speaking(True)
-        clock = FrameClock(self._clock())
+        # The first frame one period after Speaking, as discord.js and discord.py pace it:
+        # receivers map ssrc -> user from the relayed Speaking and drop packets that beat it.
+        clock = FrameClock(self._clock() + FRAME_S)
         try:
             async for frame in _aiter(self.source):
                 if self.state is PlayerState.STOPPED:
