@@ -97,7 +97,9 @@ async def _serve(
         await node.close()
         await runner.cleanup()
         raise _fail(f"cannot listen on {admin_host}:{admin_port}: {exc.strerror}") from None
-    admin_url = f"http://{admin_host}:{admin_port}"
+    # Port 0 asks for any free port: report the one bound.
+    bound = [address for address in runner.addresses if isinstance(address, tuple)]
+    admin_url = f"http://{admin_host}:{bound[0][1] if bound else admin_port}"
     datadir.write_node_file(data_dir, endpoint, admin_url)
 
     scheme = "ws" if config.ssl_context is None else "wss"

@@ -12,16 +12,25 @@ from voxgate.client.connection import (
     VoiceEvent,
 )
 from voxgate.client.gateway import VoiceJoin
+from voxgate.client.player import AudioPlayer
+from voxgate.client.receiver import AudioReceiver
+from voxgate.client.sources import FFmpegSource, OggOpusSource, PCMSource, open_source
 
 __all__ = [
+    "AudioPlayer",
+    "AudioReceiver",
     "ConnectionClosed",
     "ConnectionReady",
     "ConnectionResumed",
+    "FFmpegSource",
     "MemberDisconnected",
     "MemberSpeaking",
     "MembersConnected",
+    "OggOpusSource",
+    "PCMSource",
     "VoiceConnection",
     "VoiceConnectionError",
     "VoiceEvent",
     "VoiceJoin",
+    "open_source",
 ]
