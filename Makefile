@@ -36,7 +36,7 @@ run: venv
 	$(BIN)/voxgate serve --data-dir var $(ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests $(wildcard bench)
+	$(BIN)/ruff check src tests $(wildcard bench fuzz)
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src/voxgate/protocol
@@ -45,6 +45,12 @@ pytest: dev
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: dev lint typecheck pytest
+
+# Every parser under atheris for FUZZ_SECONDS each (default 60); prints executions and crashes.
+FUZZ_SECONDS ?= 60
+fuzz: dev
+	$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/python -m pip install --quiet atheris
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
