@@ -88,6 +88,15 @@ class RunningServer:
     def log_count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.log()))
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to close anything."""
+        self.process.kill()
+        self.process.wait()
+
+    @property
+    def ports(self) -> tuple[int, int, int]:
+        return self.port, self.udp_port, self.admin_port
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -98,11 +107,16 @@ class RunningServer:
                 self.process.wait()
 
 
-def start_server(data_dir: Path, *args: str) -> RunningServer:
-    """Start ``voxgate serve`` with ``args`` and wait until its admin API says it is healthy."""
+def start_server(
+    data_dir: Path, *args: str, ports: tuple[int, int, int] | None = None
+) -> RunningServer:
+    """Start ``voxgate serve`` with ``args`` and wait until its admin API says it is healthy.
+
+    ``ports`` (gateway, udp, admin) restarts a node where it was; by default any free ones.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    port, udp_port, admin_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
-    log_path = data_dir / "server.log"
+    port, udp_port, admin_port = ports or (free_port(), free_port(socket.SOCK_DGRAM), free_port())
+    log_path = data_dir / f"server-{port}-{time.monotonic_ns()}.log"
     command = [
         sys.executable,
         "-m",

@@ -51,7 +51,10 @@ log = logging.getLogger(__name__)
 KEEPALIVE_INTERVAL_S = 5.0
 DISCOVERY_TIMEOUT_S = 2.0
 DISCOVERY_ATTEMPTS = 3
-RECONNECT_ATTEMPTS = 5
+#: How long to keep trying to get the session back (resume, then a new session) before
+#: giving up; the delay between tries doubles from 0.25 s up to RECONNECT_MAX_DELAY_S.
+RECONNECT_TIMEOUT_S = 60.0
+RECONNECT_MAX_DELAY_S = 2.0
 _RTP_HEADER = struct.Struct(">BBHII")
 
 
@@ -96,6 +99,14 @@ class ConnectionResumed:
 
 
 @dataclass(frozen=True)
+class SessionRestarted:
+    """The session could not be resumed and a new one took its place (new ssrc)."""
+
+    old_ssrc: int
+    new_ssrc: int
+
+
+@dataclass(frozen=True)
 class ConnectionClosed:
     code: int | None
     reason: str
@@ -107,6 +118,7 @@ VoiceEvent = (
     | MembersConnected
     | MemberDisconnected
     | ConnectionResumed
+    | SessionRestarted
     | ConnectionClosed
 )
 
@@ -162,8 +174,12 @@ class VoiceConnection:
         self.packets_sent = 0
         self.packets_received = 0
         self.packets_dropped = 0
+        self.frames_dropped = 0
         self.resumes = 0
         self.reidentifies = 0
+        # Counts WebSockets that reached a described or resumed session.
+        self._healthy = 0
+        self._last_ssrc: int | None = None
 
     # --- joining -------------------------------------------------------------------------
 
@@ -257,16 +273,25 @@ class VoiceConnection:
         flags = int(SpeakingFlags.MICROPHONE) if speaking is True else int(speaking)
         await self._send(self.gateway.speaking(flags))
 
-    def send_opus(self, opus: bytes, *, samples: int = 960) -> None:
-        """Seal one Opus frame into an RTP packet and send it; advances sequence and timestamp."""
-        cipher, media = self._cipher, self._media
-        if cipher is None or media is None or media.transport is None:
-            raise VoiceConnectionError("not connected")
-        header = _RTP_HEADER.pack(0x80, 0x78, self.sequence, self.timestamp, self.ssrc)
+    def send_opus(self, opus: bytes, *, samples: int = 960) -> bool:
+        """Seal one Opus frame into an RTP packet and send it; advances sequence and timestamp.
+
+        While the session is being re-established the frame is dropped (counted in
+        ``frames_dropped``) and False returned, so a player keeps its pace through the gap.
+        Raises :class:`VoiceConnectionError` once the connection is closed.
+        """
+        if self.closed.is_set():
+            raise VoiceConnectionError("the connection is closed")
+        cipher, media, ready = self._cipher, self._media, self.gateway.ready
+        if cipher is None or media is None or media.transport is None or ready is None:
+            self.frames_dropped += 1
+            return False
+        header = _RTP_HEADER.pack(0x80, 0x78, self.sequence, self.timestamp, ready.ssrc)
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + samples) & 0xFFFF_FFFF
         media.transport.sendto(cipher.seal(header, opus))
         self.packets_sent += 1
+        return True
 
     async def close(self) -> None:
         """Leave: close the WebSocket normally (1000), the media socket and the HTTP session."""
@@ -298,9 +323,11 @@ class VoiceConnection:
     async def _run(self) -> None:
         action = CloseAction.IDENTIFY
         attempts = 0
+        failing_since: float | None = None
         code: int | None = None
         reason = ""
         while not self._closing:
+            healthy_before = self._healthy
             try:
                 code, reason = await self._session(resume=action is CloseAction.RESUME)
             except VoiceConnectionError as exc:
@@ -317,13 +344,19 @@ class VoiceConnection:
                 break
             if not self._ready.is_set() and action is not CloseAction.RESUME and attempts:
                 break
-            attempts += 1
-            if attempts > RECONNECT_ATTEMPTS:
-                reason = f"gave up after {RECONNECT_ATTEMPTS} reconnects: {reason}"
+            if self._healthy != healthy_before:
+                attempts, failing_since = 0, None  # that WebSocket worked: a fresh streak
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > RECONNECT_TIMEOUT_S:
+                reason = f"gave up reconnecting after {RECONNECT_TIMEOUT_S:g} s: {reason}"
                 break
+            attempts += 1
             if action is CloseAction.RESUME and self.gateway.ready is None:
                 action = CloseAction.IDENTIFY
-            await asyncio.sleep(min(0.25 * 2 ** (attempts - 1), 5.0))
+            if action is CloseAction.IDENTIFY and code is not None:
+                continue  # the server answered and said "new session": no reason to wait
+            await asyncio.sleep(min(0.25 * 2 ** (attempts - 1), RECONNECT_MAX_DELAY_S))
         if not self._ready.is_set():
             self._failure = VoiceConnectionError(reason or "the server closed the connection", code)
         if not self.closed.is_set():
@@ -382,11 +415,16 @@ class VoiceConnection:
                 self._cipher = transport_cipher(message.mode, bytes(message.secret_key))
                 if self._keepalive is None:
                     self._keepalive = asyncio.create_task(self._keep_alive())
-                first = not self._ready.is_set()
+                self._healthy += 1
                 self._ready.set()
+                previous, self._last_ssrc = self._last_ssrc, self.ssrc
+                if previous is not None and previous != self.ssrc:
+                    # The old session is gone (server restarted, or it expired): a new one
+                    # with a new ssrc, which receivers learn from the server's Speaking.
+                    self._events.put_nowait(SessionRestarted(previous, self.ssrc))
+                    log.warning("voice session replaced: ssrc %d -> %d", previous, self.ssrc)
                 self._events.put_nowait(ConnectionReady(self.ssrc, message.mode))
-                if first:
-                    log.info("voice connection ready: ssrc %d, mode %s", self.ssrc, message.mode)
+                log.info("voice connection ready: ssrc %d, mode %s", self.ssrc, message.mode)
             case Speaking() if isinstance(message.user_id, str):
                 self._events.put_nowait(
                     MemberSpeaking(message.user_id, message.ssrc, message.speaking)
@@ -396,6 +434,7 @@ class VoiceConnection:
             case ClientDisconnect():
                 self._events.put_nowait(MemberDisconnected(message.user_id))
             case Resumed():
+                self._healthy += 1
                 self._events.put_nowait(ConnectionResumed(max(replayed - 1, 0)))
 
     async def _discover_and_select(self, ready: Ready) -> None:

@@ -11,12 +11,13 @@ after the last, five silence frames so receivers do not interpolate into the sil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
-from voxgate.client.connection import VoiceConnection
+from voxgate.client.connection import VoiceConnection, VoiceConnectionError
 from voxgate.protocol.rtp import SILENCE_FRAME
 
 FRAME_S = 0.020
@@ -141,7 +142,8 @@ class AudioPlayer:
             if self.state is not PlayerState.STOPPED:
                 self.state = PlayerState.IDLE
             if not connection.closed.is_set():
-                await connection.set_speaking(0)
+                with contextlib.suppress(VoiceConnectionError):
+                    await connection.set_speaking(0)
 
     async def _send_at(self, clock: FrameClock, frame: bytes) -> None:
         delay = clock.due() - self._clock()
