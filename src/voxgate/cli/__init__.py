@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from voxgate import __version__
-from voxgate.cli import media, serve
+from voxgate.cli import bench, media, serve
 
 app = typer.Typer(
     name="voxgate",
@@ -38,6 +38,7 @@ def _root(
 
 serve.register(app)
 media.register(app)
+bench.register(app)
 
 
 def main() -> None:

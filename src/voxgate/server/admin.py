@@ -8,6 +8,7 @@ and guarded by the data dir's admin key, because whoever holds it can join any c
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Iterator
@@ -102,7 +103,13 @@ def admin_app(
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response(
-            {"status": "ok", "sessions": node.session_count(), "channels": node.channel_count()}
+            {
+                "status": "ok",
+                "sessions": node.session_count(),
+                "channels": node.channel_count(),
+                # For soak runs: a task that outlives its session is a leak.
+                "tasks": len(asyncio.all_tasks()),
+            }
         )
 
     async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,125 @@
+"""Start ``voxgate serve`` in its own process for a benchmark, and read its vital signs.
+
+Benchmarks measure the node from outside, as an operator would: CPU time and RSS from
+``/proc/<pid>``, open file descriptors, and the admin API's ``/healthz`` and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class BenchNode:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    port: int
+    udp_port: int
+    admin_port: int
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def ca_path(self) -> Path:
+        return self.data_dir / "tls" / "ca.pem"
+
+    def join(self, guild: str, channel: str, user: str) -> dict[str, Any]:
+        key = (self.data_dir / "admin_key").read_text().strip()
+        request = urllib.request.Request(
+            f"{self.admin_url}/v1/voice/join",
+            data=json.dumps({"guild_id": guild, "channel_id": channel, "user_id": user}).encode(),
+            headers={"Authorization": f"Bearer {key}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            events: dict[str, Any] = json.load(response)
+        return events
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.admin_url}/healthz", timeout=10) as response:
+            health: dict[str, Any] = json.load(response)
+        return health
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_node(*args: str, cpu: int | None = None, data_dir: Path | None = None) -> BenchNode:
+    """A node on free ports (pinned to ``cpu`` when given and allowed), healthy on return."""
+    folder = data_dir or Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
+    port, udp_port, admin_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "voxgate",
+        "serve",
+        "--data-dir",
+        str(folder),
+        "--port",
+        str(port),
+        "--udp-port",
+        str(udp_port),
+        "--admin-port",
+        str(admin_port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(process.pid, {cpu})
+    node = BenchNode(process, folder, port, udp_port, admin_port)
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"voxgate serve exited with {process.returncode}")
+        try:
+            node.health()
+            return node
+        except OSError:
+            if time.monotonic() > deadline:
+                node.stop()
+                raise RuntimeError("voxgate serve did not become healthy") from None
+            time.sleep(0.1)
