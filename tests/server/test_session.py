@@ -125,3 +125,32 @@ def test_a_reader_that_never_drains_is_closed_not_buffered_forever(router) -> No
     assert connection.close_request is not None
     assert connection.close_request[0] == CloseCode.SESSION_TIMEOUT
     assert len(connection.outbox) <= OUTBOX_LIMIT
+
+
+def test_a_described_member_gone_quiet_is_reported_not_ended(router: Router) -> None:
+    connection = GatewayConnection(router, now=0.0)
+    _identify(router, connection, "alice")
+    session = connection.session
+    assert session is not None
+    connection.receive(
+        json.dumps(
+            {
+                "op": 1,
+                "d": {
+                    "protocol": "udp",
+                    "data": {"address": "127.0.0.1", "port": 1, "mode": "aead_aes256_gcm_rtpsize"},
+                },
+            }
+        ),
+        0.1,
+    )
+    assert session.described
+    router.expire(1.0)
+    assert router.media_silent_count() == 0
+    session.last_media_at -= router.config.media_silence_s + 1
+    router.expire(2.0)
+    assert router.media_silent_count() == 1
+    assert session.session_id in router.sessions  # reported, still a member
+    session.last_media_at += router.config.media_silence_s + 1
+    router.expire(3.0)
+    assert router.media_silent_count() == 0

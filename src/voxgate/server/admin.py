@@ -37,6 +37,8 @@ class NodeView(Protocol):
 
     def channel_count(self) -> int: ...
 
+    def media_silent_count(self) -> int: ...
+
 
 class JoinRequest(msgspec.Struct, forbid_unknown_fields=True):
     guild_id: str
@@ -73,6 +75,11 @@ class _NodeCollector(Collector):
             "voxgate_channels",
             "Voice channels with members on this node",
             self._node.channel_count(),
+        )
+        yield GaugeMetricFamily(
+            "voxgate_sessions_media_silent",
+            "Described sessions that have sent no datagram for a while",
+            self._node.media_silent_count(),
         )
         for name, help_text in (
             ("packets_in", "Datagrams received on the media socket"),

@@ -32,6 +32,8 @@ class ServerConfig:
     # Packets a second one session may have forwarded: three times Opus's 50, so that a
     # client catching up after a stall is not cut, while a flood is.
     packet_rate_cap: float = 150.0
+    # A described member that sends no datagram for this long is reported (log, metric).
+    media_silence_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.modes:

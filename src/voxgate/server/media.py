@@ -81,16 +81,21 @@ class MediaEndpoint(asyncio.DatagramProtocol):
                 stats.dropped["replayed"] += 1
                 return
             # After authentication: forged packets must not spend a member's allowance.
-            if not session.rate.allow(monotonic()):
+            now = monotonic()
+            if not session.rate.allow(now):
                 stats.dropped["rate_limited"] += 1
                 return
+            session.last_media_at = now
             if session.address != addr:
-                session.address = addr
+                self.router.move(session, addr)
             self.router.forward(session, header, payload)
         elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
             self._discovery(data, addr)
         elif size == _KEEPALIVE_SIZE:
             stats.keepalives_in += 1
+            sender = self.router.by_address.get(addr)
+            if sender is not None:
+                sender.last_media_at = monotonic()
         elif size >= 8 and data[0] >> 6 == 2:
             stats.rtcp_in += 1
         else:
@@ -107,7 +112,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             self.stats.dropped["discovery_refused"] += 1
             return
         if session.address is None:
-            session.address = addr
+            self.router.move(session, addr)
         # A request from another address is still answered (a client behind a NAT that
         # rebinds asks again, and the answer is no larger than the question), but the
         # session's address moves only with its first packet that authenticates.

@@ -109,6 +109,9 @@ class VoiceNode:
     def channel_count(self) -> int:
         return len(self.router.channels)
 
+    def media_silent_count(self) -> int:
+        return self.router.media_silent_count()
+
     @property
     def endpoint(self) -> str:
         """``host:port`` of the gateway, as VOICE_SERVER_UPDATE carries it."""

@@ -17,6 +17,7 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
+from time import monotonic
 
 from voxgate.protocol.crypto import transport_cipher
 from voxgate.protocol.messages import (
@@ -68,6 +69,8 @@ class Router:
         self.stats = stats
         self.sessions: dict[str, VoiceSession] = {}
         self.by_ssrc: dict[int, VoiceSession] = {}
+        #: Who sends from where, for datagrams that carry no ssrc (keep-alives).
+        self.by_address: dict[tuple[str, int], VoiceSession] = {}
         self.channels: dict[ChannelKey, Channel] = {}
         #: The media socket's sendto; the node sets it once the socket is bound.
         self.sendto: SendTo = _no_socket
@@ -239,6 +242,8 @@ class Router:
             del self.sessions[session.session_id]
         if self.by_ssrc.get(session.ssrc) is session:
             del self.by_ssrc[session.ssrc]
+        if session.address is not None and self.by_address.get(session.address) is session:
+            del self.by_address[session.address]
         channel = session.channel
         if session in channel.members:
             channel.members.remove(session)
@@ -252,11 +257,33 @@ class Router:
         session.log.info("session ended: %s", why)
 
     def expire(self, now: float) -> None:
-        """End sessions whose WebSocket has been gone longer than the resume grace."""
+        """End sessions whose WebSocket has been gone longer than the resume grace, and
+        report described sessions whose media has gone silent."""
         grace = self.config.resume_grace_s
+        media_now = monotonic()
+        silence = self.config.media_silence_s
         for session in list(self.sessions.values()):
             if session.detached_at is not None and now - session.detached_at >= grace:
                 self.leave(session, "not resumed in time")
+            elif session.described:
+                silent = media_now - session.last_media_at >= silence
+                if silent and not session.media_silent:
+                    # Reported, not ended: a member that only listens sends nothing (discord.py
+                    # has no UDP keep-alive); a dead client is ended by its missed heartbeats.
+                    session.log.warning("no media from this member for %.0f s", silence)
+                elif session.media_silent and not silent:
+                    session.log.info("media from this member again")
+                session.media_silent = silent
+
+    def media_silent_count(self) -> int:
+        return sum(1 for session in self.sessions.values() if session.media_silent)
+
+    def move(self, session: VoiceSession, address: tuple[str, int]) -> None:
+        """Record ``session``'s media address (learnt from discovery or an authentic packet)."""
+        if session.address is not None and self.by_address.get(session.address) is session:
+            del self.by_address[session.address]
+        session.address = address
+        self.by_address[address] = session
 
     def _allocate_ssrc(self) -> int:
         while True:

@@ -112,6 +112,9 @@ class VoiceSession:
         self.address: tuple[str, int] | None = None
         self.speaking = 0
         self.replay: ReplayWindow | None = None
+        # Last authenticated datagram (or keep-alive) from the member, time.monotonic().
+        self.last_media_at = monotonic()
+        self.media_silent = False
         # The media plane reads time.monotonic(), which the loop's clock need not be (uvloop).
         self.rate = RateLimit(packet_rate_cap, packet_rate_cap, monotonic())
         self.connection: GatewayConnection | None = None
