@@ -39,5 +39,62 @@ def soak(
         typer.echo(f"  {name:9} before {before:>8}  after {after:>8}")
 
 
+@bench_app.command()
+def relay(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    seconds: float = typer.Option(3.0, help="Measured seconds per load step."),
+    quick: bool = typer.Option(False, help="A few small steps only (a smoke run)."),
+    ceiling: bool = typer.Option(True, help="Also measure the C ceiling relay."),
+) -> None:
+    """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling."""
+    from voxgate.bench.relay import run
+
+    result = asyncio.run(run(seconds=seconds, quick=quick, ceiling=ceiling))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"machine: {result['machine']}")
+    for step in result["fanout10"]["steps"]:
+        typer.echo(
+            f"  voxgate {step['channels']:4d} channels x10: {step['forwarded_pps']:8d} pps "
+            f"forwarded, loss {step['loss']:.4f}, cpu {step['server_cpu']:.2f}"
+        )
+    for step in result.get("ceiling", {}).get("steps", []):
+        typer.echo(
+            f"  ceiling {step['channels']:4d} channels x10: {step['forwarded_pps']:8d} pps "
+            f"forwarded, loss {step['loss']:.4f}, cpu {step['server_cpu']:.2f}"
+        )
+    typer.echo(
+        f"saturation: voxgate {result['forwarded_pps']} pps, ceiling {result['ceiling_pps']} "
+        f"pps, ratio {result['ratio']}; at half: p50 {result['latency_p50_ms']} ms, "
+        f"p99 {result['latency_p99_ms']} ms; {result['cpu_ms_per_1000']} cpu-ms per 1000; "
+        f"RSS per session {result['rss_per_session_kb']} KB"
+    )
+    if result.get("ceiling_note"):
+        typer.echo(f"note: {result['ceiling_note']}")
+
+
+@bench_app.command()
+def idle(
+    sessions: int = typer.Option(1000, help="Members joined and silent."),
+    seconds: float = typer.Option(10.0, help="Measured window."),
+) -> None:
+    """Server CPU and RSS with many identified, heartbeating, silent sessions."""
+    from voxgate.bench.idle import run
+
+    typer.echo(json.dumps(asyncio.run(run(sessions, seconds))))
+
+
+@bench_app.command()
+def client(
+    players: int = typer.Option(500, help="Players in this one process."),
+    seconds: float = typer.Option(10.0, help="Length of what each one plays."),
+) -> None:
+    """Send-interval jitter and CPU per stream of many passthrough players in one process."""
+    from voxgate.bench.client import run
+
+    typer.echo(json.dumps(asyncio.run(run(players, seconds))))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

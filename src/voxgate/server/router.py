@@ -299,15 +299,27 @@ class Router:
         The hot path: no allocation beyond each sealed packet, no logging, no awaits.
         """
         sendto = self.sendto
-        stats = self.stats
+        sent = sent_bytes = 0
+        # The packet is split into clear and encrypted parts once per framing (rtpsize or
+        # legacy), not once per receiver: a channel has at most two framings.
+        rtpsize_parts: tuple[bytes, bytes] | None = None
+        legacy_parts: tuple[bytes, bytes] | None = None
         for receiver in sender.channel.members:
-            if receiver is sender:
-                continue
             cipher = receiver.cipher
             address = receiver.address
-            if cipher is None or address is None:
+            if receiver is sender or cipher is None or address is None:
                 continue
-            packet = cipher.seal(header, payload)
+            if cipher.rtpsize:
+                if rtpsize_parts is None:
+                    rtpsize_parts = cipher.split(header, payload)
+                packet = cipher.seal_split(*rtpsize_parts)
+            else:
+                if legacy_parts is None:
+                    legacy_parts = cipher.split(header, payload)
+                packet = cipher.seal_split(*legacy_parts)
             sendto(packet, address)
-            stats.packets_out += 1
-            stats.bytes_out += len(packet)
+            sent += 1
+            sent_bytes += len(packet)
+        stats = self.stats
+        stats.packets_out += sent
+        stats.bytes_out += sent_bytes

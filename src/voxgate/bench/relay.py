@@ -1,0 +1,470 @@
+"""``voxgate bench relay``: how many packets a node forwards, side by side with a C relay.
+
+The node runs in its own process (pinned to one core when the machine allows); this
+process is the load generator, on another core. Members join the node through the real
+handshake (the voxgate client); speakers send 50 packets a second each of Opus-sized
+payloads carrying their send time; every member opens every packet it receives with its
+own key and counts it. Load grows by adding channels until packets are lost: the last
+level without loss is the saturation point. ``bench/ceiling/relay.c``, a minimal C relay
+doing the same AES-256-GCM open and per-receiver seal, is driven by the same generator.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import socket
+import ssl
+import statistics
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voxgate.bench.node import BenchNode, free_port, start_node
+from voxgate.client import VoiceConnection
+from voxgate.protocol import discovery
+from voxgate.protocol.crypto import TransportCipher, transport_cipher
+from voxgate.protocol.errors import PacketError
+from voxgate.protocol.rtp import RtpHeader
+
+CEILING_SOURCE = Path(__file__).resolve().parents[3] / "bench" / "ceiling" / "relay.c"
+_STAMP = struct.Struct(">QI")  # send time (ns), sender index
+FRAME_S = 0.020
+AES = "aead_aes256_gcm_rtpsize"
+XCHACHA = "aead_xchacha20_poly1305_rtpsize"
+
+
+@dataclass
+class Tally:
+    """What the receivers saw during one measured step."""
+
+    received: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+
+    def on_packet(self, payload: bytes) -> None:
+        self.received += 1
+        if self.received % 7 == 0:  # a sample is plenty for percentiles
+            sent_ns, _ = _STAMP.unpack_from(payload)
+            self.latencies_ns.append(time.monotonic_ns() - sent_ns)
+
+
+class Member(abc.ABC):
+    """One bench member: sends when it is a speaker, counts what it receives."""
+
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    @abc.abstractmethod
+    def send(self, payload: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class VoxgateMember(Member):
+    def __init__(self, connection: VoiceConnection, tally: Tally) -> None:
+        super().__init__(tally)
+        self.connection = connection
+        connection.add_listener(lambda ssrc, header, payload: self.tally.on_packet(payload))
+
+    def send(self, payload: bytes) -> None:
+        self.connection.send_opus(payload)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+class _RawSocket(asyncio.DatagramProtocol):
+    def __init__(self, member: RawMember) -> None:
+        self.member = member
+        self.transport: asyncio.DatagramTransport | None = None
+        self.discovered = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) == discovery.SIZE:
+            if not self.discovered.done():
+                self.discovered.set_result(True)
+            return
+        try:
+            _, payload = self.member.cipher.open(data)
+        except PacketError:
+            return
+        self.member.tally.on_packet(payload)
+
+
+class RawMember(Member):
+    """A member of the C relay: keys from the members file, no gateway."""
+
+    def __init__(self, ssrc: int, key: bytes, tally: Tally) -> None:
+        super().__init__(tally)
+        self.ssrc = ssrc
+        self.key = key
+        self.cipher: TransportCipher = transport_cipher(AES, key)
+        self.sequence = 0
+        self.socket: _RawSocket | None = None
+
+    async def join(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        _, self.socket = await loop.create_datagram_endpoint(
+            lambda: _RawSocket(self), remote_addr=("127.0.0.1", port)
+        )
+        assert self.socket.transport is not None
+        for _ in range(20):
+            self.socket.transport.sendto(discovery.build_request(self.ssrc))
+            try:
+                await asyncio.wait_for(asyncio.shield(self.socket.discovered), 0.25)
+                return
+            except TimeoutError:
+                continue
+        raise RuntimeError("the ceiling relay did not answer discovery")
+
+    def send(self, payload: bytes) -> None:
+        header = RtpHeader(
+            sequence=self.sequence, timestamp=self.sequence * 960, ssrc=self.ssrc
+        ).build()
+        self.sequence = (self.sequence + 1) & 0xFFFF
+        assert self.socket is not None and self.socket.transport is not None
+        self.socket.transport.sendto(self.cipher.seal(header, payload))
+
+    async def close(self) -> None:
+        if self.socket is not None and self.socket.transport is not None:
+            self.socket.transport.close()
+
+
+@dataclass
+class Step:
+    channels: int
+    members: int
+    offered_pps: float
+    forwarded_pps: float
+    loss: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    server_cpu: float  # cores busy
+    cpu_ms_per_1000: float
+    rss_per_session_kb: float
+
+
+class Relay(abc.ABC):
+    """A relay under test: a voxgate node or the C ceiling, and how to join it."""
+
+    name = "relay"
+    pid = 0
+
+    @abc.abstractmethod
+    async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+
+class VoxgateRelay(Relay):
+    name = "voxgate"
+
+    def __init__(self, cpu: int | None) -> None:
+        self.node: BenchNode = start_node(cpu=cpu)
+        self.pid = self.node.process.pid
+        self.trust = ssl.create_default_context(cafile=str(self.node.ca_path))
+
+    async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member:
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(
+            None, self.node.join, "bench", f"c{channel}", f"u{channel}-{index}"
+        )
+        connection = await VoiceConnection.connect(
+            events["voice_state"], events["voice_server"], ssl=self.trust, modes=[mode]
+        )
+        return VoxgateMember(connection, tally)
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+class CeilingRelay(Relay):
+    name = "ceiling"
+
+    def __init__(self, binary: Path, channels: int, per_channel: int, cpu: int | None) -> None:
+        self.port = free_port(socket.SOCK_DGRAM)
+        folder = Path(tempfile.mkdtemp(prefix="voxgate-ceiling-"))
+        self.keys: dict[tuple[int, int], tuple[int, bytes]] = {}
+        lines = []
+        for channel in range(channels):
+            for index in range(per_channel):
+                ssrc = channel * 1000 + index + 1
+                key = os.urandom(32)
+                self.keys[channel, index] = (ssrc, key)
+                lines.append(f"{channel} {ssrc} {key.hex()}")
+        members_file = folder / "members"
+        members_file.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            [str(binary), str(self.port), str(members_file)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.process.stdout.readline()  # "ready N members"
+        self.pid = self.process.pid
+        if cpu is not None and hasattr(os, "sched_setaffinity"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.pid, {cpu})
+
+    async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member:
+        ssrc, key = self.keys[channel, index]
+        member = RawMember(ssrc, key, tally)
+        await member.join(self.port)
+        return member
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def build_ceiling() -> tuple[Path | None, str]:
+    """Compile the C relay; (binary, "") or (None, why not)."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None, "no C compiler found"
+    if not Path("/usr/include/openssl/evp.h").exists():
+        return None, "OpenSSL headers missing (Debian: apt-get install libssl-dev)"
+    binary = Path(tempfile.mkdtemp(prefix="voxgate-ceiling-")) / "relay"
+    done = subprocess.run(
+        [compiler, "-O2", "-o", str(binary), str(CEILING_SOURCE), "-lcrypto"],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        return None, f"the C relay did not build: {done.stderr.strip()[:200]}"
+    return binary, ""
+
+
+async def measure(
+    relay: Relay,
+    channels: int,
+    per_channel: int,
+    speakers: int,
+    modes: Sequence[str],
+    seconds: float,
+    payload_sizes: tuple[int, int] = (60, 160),
+) -> Step:
+    """Join ``channels`` x ``per_channel`` members, stream for ``seconds``, count."""
+    tally = Tally()
+    rss_before = relay.rss_bytes()
+    members: list[list[Member]] = []
+    for channel in range(channels):
+        joined = await asyncio.gather(
+            *(
+                relay.join(channel, index, modes[index % len(modes)], tally)
+                for index in range(per_channel)
+            )
+        )
+        members.append(list(joined))
+    rss_per_session = (relay.rss_bytes() - rss_before) / 1024 / (channels * per_channel)
+    talkers = [member for channel in members for member in channel[:speakers]]
+    rng = random.Random(7)
+    sizes = [rng.randint(*payload_sizes) for _ in range(256)]
+    loop = asyncio.get_running_loop()
+
+    async def stream(duration: float) -> int:
+        sent = 0
+        start = loop.time()
+        frame = 0
+        while loop.time() - start < duration:
+            stamp = time.monotonic_ns()
+            for index, member in enumerate(talkers):
+                size = sizes[(frame + index) & 255]
+                member.send(_STAMP.pack(stamp, index).ljust(size, b"\x55"))
+                sent += 1
+            frame += 1
+            await asyncio.sleep(max(0.0, start + frame * FRAME_S - loop.time()))
+        return sent
+
+    await stream(0.5)  # warm-up: addresses learnt, caches filled
+    await asyncio.sleep(0.3)
+    tally.received = 0
+    tally.latencies_ns.clear()
+    cpu_before = relay.cpu_seconds()
+    started = time.monotonic()
+    sent = await stream(seconds)
+    took = time.monotonic() - started
+    await asyncio.sleep(0.3)  # let the last packets land
+    cpu = relay.cpu_seconds() - cpu_before
+    expected = sent * (per_channel - 1)
+    received = tally.received
+    for channel in members:
+        await asyncio.gather(*(member.close() for member in channel))
+    latencies = sorted(tally.latencies_ns) or [0]
+    return Step(
+        channels=channels,
+        members=channels * per_channel,
+        offered_pps=round(expected / took),
+        forwarded_pps=round(received / took),
+        loss=round(max(0.0, 1 - received / expected), 5) if expected else 0.0,
+        latency_p50_ms=round(statistics.median(latencies) / 1e6, 3),
+        latency_p99_ms=round(
+            latencies[int(len(latencies) * 0.99) - 1 if len(latencies) > 1 else 0] / 1e6, 3
+        ),
+        server_cpu=round(cpu / took, 3),
+        cpu_ms_per_1000=round(cpu * 1000 / max(received / 1000, 1e-9), 3),
+        rss_per_session_kb=round(rss_per_session, 1),
+    )
+
+
+async def saturate(
+    make: Any,
+    per_channel: int,
+    speakers: int,
+    modes: Sequence[str],
+    seconds: float,
+    start: int,
+    limit: int,
+    loss_threshold: float = 0.001,
+) -> tuple[list[Step], Step | None]:
+    """Double the channels until loss appears; the last step without loss is saturation."""
+    steps: list[Step] = []
+    best: Step | None = None
+
+    async def try_level(channels: int) -> Step:
+        relay = make(channels)
+        try:
+            step = await measure(relay, channels, per_channel, speakers, modes, seconds)
+        finally:
+            relay.stop()
+        steps.append(step)
+        return step
+
+    channels = start
+    failed_at: int | None = None
+    while channels <= limit:
+        step = await try_level(channels)
+        if step.loss > loss_threshold:
+            failed_at = channels
+            break
+        best = step
+        channels *= 2
+    # One bisection between the last level without loss and the first with it.
+    if best is not None and failed_at is not None and failed_at - best.channels > 1:
+        middle = (best.channels + failed_at) // 2
+        step = await try_level(middle)
+        if step.loss <= loss_threshold:
+            best = step
+    return steps, best
+
+
+def pin_generator(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+
+
+async def run(seconds: float = 3.0, quick: bool = False, ceiling: bool = True) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    server_cpu, generator_cpu = (0, 1) if cores >= 2 else (None, None)
+    pin_generator(generator_cpu)
+    limit = 8 if quick else 256
+    start = 1 if quick else 4
+    result: dict[str, Any] = {"machine": machine(), "seconds_per_step": seconds}
+
+    steps, best = await saturate(
+        lambda channels: VoxgateRelay(server_cpu), 10, 2, [AES], seconds, start, limit
+    )
+    result["fanout10"] = {"steps": [asdict(s) for s in steps]}
+    forwarded = best.forwarded_pps if best else 0
+    result["forwarded_pps"] = forwarded
+    result["loss"] = best.loss if best else 1.0
+    half = max(1, (best.channels if best else 1) // 2)
+    relay = VoxgateRelay(server_cpu)
+    try:
+        at_half = await measure(relay, half, 10, 2, [AES], seconds)
+        result["rss_per_session_kb"] = at_half.rss_per_session_kb
+    finally:
+        relay.stop()
+    result["at_half_saturation"] = asdict(at_half)
+    result["latency_p50_ms"] = at_half.latency_p50_ms
+    result["latency_p99_ms"] = at_half.latency_p99_ms
+    result["cpu_ms_per_1000"] = best.cpu_ms_per_1000 if best else None
+
+    for name, channels, per_channel, speakers, modes in (
+        ("fanout100", 1, 100 if not quick else 20, 1, [AES]),
+        ("mixed_modes", max(1, half), 10, 2, [AES, XCHACHA]),
+    ):
+        relay = VoxgateRelay(server_cpu)
+        try:
+            result[name] = asdict(
+                await measure(relay, channels, per_channel, speakers, modes, seconds)
+            )
+        finally:
+            relay.stop()
+
+    result["ceiling_pps"] = None
+    result["ratio"] = None
+    if ceiling:
+        binary, why = build_ceiling()
+        if binary is None:
+            result["ceiling_note"] = why
+        else:
+            steps, best_ceiling = await saturate(
+                lambda channels: CeilingRelay(binary, channels, 10, server_cpu),
+                10,
+                2,
+                [AES],
+                seconds,
+                start,
+                limit,
+            )
+            result["ceiling"] = {"steps": [asdict(s) for s in steps]}
+            ceiling_pps = best_ceiling.forwarded_pps if best_ceiling else 0
+            result["ceiling_pps"] = ceiling_pps
+            result["ratio"] = round(forwarded / ceiling_pps, 3) if ceiling_pps else None
+            # Generator-independent: CPU per forwarded packet at the largest load both
+            # relays carried without loss.
+            ours = {step["channels"]: step for step in result["fanout10"]["steps"]}
+            common = [
+                step
+                for step in steps
+                if step.loss <= 0.001
+                and step.channels in ours
+                and ours[step.channels]["loss"] <= 0.001
+            ]
+            if common:
+                top = max(common, key=lambda step: step.channels)
+                result["cpu_ratio"] = round(
+                    top.cpu_ms_per_1000 / ours[top.channels]["cpu_ms_per_1000"], 3
+                )
+            if steps and steps[-1].loss <= 0.001:
+                result["ceiling_note"] = "the generator ran out before the C relay lost packets"
+    return result
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model}
