@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import av
 
-from voxgate.bench.node import start_node
+from voxgate.bench.node import join_many, start_node
 from voxgate.client import AudioPlayer, OggOpusSource, VoiceConnection
 
 
@@ -56,27 +55,12 @@ def _process_cpu() -> float:
 
 async def run(players: int = 500, seconds: float = 10.0) -> dict[str, Any]:
     node = start_node(cpu=0)
-    trust = ssl.create_default_context(cafile=str(node.ca_path))
-    loop = asyncio.get_running_loop()
     ogg = Path(tempfile.mkdtemp(prefix="voxgate-bench-")) / "tone.ogg"
     make_ogg(ogg, seconds)
     frames = list(OggOpusSource(ogg).frames())
     connections: list[VoiceConnection] = []
     try:
-        semaphore = asyncio.Semaphore(50)
-
-        async def join(index: int) -> None:
-            async with semaphore:
-                events = await loop.run_in_executor(
-                    None, node.join, "bench-client", f"c{index}", f"u{index}"
-                )
-                connections.append(
-                    await VoiceConnection.connect(
-                        events["voice_state"], events["voice_server"], ssl=trust
-                    )
-                )
-
-        await asyncio.gather(*(join(index) for index in range(players)))
+        connections = await join_many(node, players, lambda index: f"c{index}", guild="client")
         cpu_before = _process_cpu()
         started = time.monotonic()
         playing = [AudioPlayer(connection, frames) for connection in connections]

@@ -8,11 +8,10 @@ the cost of the gateway side alone.
 from __future__ import annotations
 
 import asyncio
-import ssl
 import time
 from typing import Any
 
-from voxgate.bench.node import start_node
+from voxgate.bench.node import join_many, start_node
 from voxgate.client import VoiceConnection
 
 
@@ -20,26 +19,11 @@ async def run(
     sessions: int = 1000, seconds: float = 10.0, heartbeat_ms: float = 5000
 ) -> dict[str, Any]:
     node = start_node("--heartbeat-interval", str(heartbeat_ms), cpu=0)
-    trust = ssl.create_default_context(cafile=str(node.ca_path))
-    loop = asyncio.get_running_loop()
     connections: list[VoiceConnection] = []
     try:
         rss_before = node.rss_bytes()
-        semaphore = asyncio.Semaphore(50)
-
-        async def join(index: int) -> None:
-            async with semaphore:
-                events = await loop.run_in_executor(
-                    None, node.join, "idle", f"c{index // 10}", f"u{index}"
-                )
-                connections.append(
-                    await VoiceConnection.connect(
-                        events["voice_state"], events["voice_server"], ssl=trust
-                    )
-                )
-
         joined_at = time.monotonic()
-        await asyncio.gather(*(join(index) for index in range(sessions)))
+        connections = await join_many(node, sessions, lambda index: f"c{index // 10}", guild="idle")
         join_seconds = time.monotonic() - joined_at
         await asyncio.sleep(1.0)
         cpu_before = node.cpu_seconds()

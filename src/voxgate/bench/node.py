@@ -6,19 +6,24 @@ Benchmarks measure the node from outside, as an operator would: CPU time and RSS
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from voxgate.client import VoiceConnection
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -85,10 +90,21 @@ class BenchNode:
                 self.process.wait()
 
 
-def start_node(*args: str, cpu: int | None = None, data_dir: Path | None = None) -> BenchNode:
-    """A node on free ports (pinned to ``cpu`` when given and allowed), healthy on return."""
+def start_node(
+    *args: str,
+    cpu: int | None = None,
+    data_dir: Path | None = None,
+    ports: tuple[int, int, int] | None = None,
+    log_path: Path | None = None,
+) -> BenchNode:
+    """A node on free ports (or ``ports``: gateway, udp, admin), healthy on return.
+
+    Pinned to ``cpu`` when given and the machine allows; logs at INFO into ``log_path``
+    when given, else only warnings, to nowhere.
+    """
     folder = data_dir or Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
-    port, udp_port, admin_port = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    port, udp_port, admin_port = ports or (free_port(), free_port(socket.SOCK_DGRAM), free_port())
     command = [
         sys.executable,
         "-m",
@@ -96,6 +112,8 @@ def start_node(*args: str, cpu: int | None = None, data_dir: Path | None = None)
         "serve",
         "--data-dir",
         str(folder),
+        "--host",
+        "127.0.0.1",
         "--port",
         str(port),
         "--udp-port",
@@ -103,10 +121,19 @@ def start_node(*args: str, cpu: int | None = None, data_dir: Path | None = None)
         "--admin-port",
         str(admin_port),
         "--log-level",
-        "warning",
+        "info" if log_path else "warning",
         *args,
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if log_path is not None:
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+    else:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(process.pid, {cpu})
@@ -114,12 +141,49 @@ def start_node(*args: str, cpu: int | None = None, data_dir: Path | None = None)
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"voxgate serve exited with {process.returncode}")
+            raise RuntimeError(f"voxgate serve exited with {process.returncode}{_tail(log_path)}")
         try:
             node.health()
             return node
         except OSError:
             if time.monotonic() > deadline:
                 node.stop()
-                raise RuntimeError("voxgate serve did not become healthy") from None
+                raise RuntimeError(
+                    f"voxgate serve did not become healthy{_tail(log_path)}"
+                ) from None
             time.sleep(0.1)
+
+
+def _tail(log_path: Path | None) -> str:
+    if log_path is None or not log_path.exists():
+        return ""
+    return ":\n" + log_path.read_text(errors="replace")[-4000:]
+
+
+async def join_many(
+    node: BenchNode,
+    count: int,
+    channel_of: Callable[[int], str],
+    *,
+    guild: str = "bench",
+    parallel: int = 50,
+) -> list[VoiceConnection]:
+    """``count`` voxgate clients joined to ``node`` through the whole handshake."""
+    trust = ssl.create_default_context(cafile=str(node.ca_path))
+    loop = asyncio.get_running_loop()
+    semaphore = asyncio.Semaphore(parallel)
+    connections: list[VoiceConnection] = []
+
+    async def join(index: int) -> None:
+        async with semaphore:
+            events = await loop.run_in_executor(
+                None, node.join, guild, channel_of(index), f"u{index}"
+            )
+            connections.append(
+                await VoiceConnection.connect(
+                    events["voice_state"], events["voice_server"], ssl=trust
+                )
+            )
+
+    await asyncio.gather(*(join(index) for index in range(count)))
+    return connections

@@ -7,6 +7,16 @@ import json
 
 import typer
 
+
+def _fast_loop() -> None:
+    """uvloop where installed: the generator must not be the slower side of a measurement."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 bench_app = typer.Typer(
     help="Measure a voxgate node: soak (and more, see --help).", no_args_is_help=True
 )
@@ -24,6 +34,7 @@ def soak(
 
     node = start_node()
     try:
+        _fast_loop()
         result = asyncio.run(run_soak(node, cycles, concurrency))
     finally:
         node.stop()
@@ -49,6 +60,7 @@ def relay(
     """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling."""
     from voxgate.bench.relay import run
 
+    _fast_loop()
     result = asyncio.run(run(seconds=seconds, quick=quick, ceiling=ceiling))
     if as_json:
         typer.echo(json.dumps(result))
@@ -82,6 +94,7 @@ def idle(
     """Server CPU and RSS with many identified, heartbeating, silent sessions."""
     from voxgate.bench.idle import run
 
+    _fast_loop()
     typer.echo(json.dumps(asyncio.run(run(sessions, seconds))))
 
 
@@ -93,6 +106,7 @@ def client(
     """Send-interval jitter and CPU per stream of many passthrough players in one process."""
     from voxgate.bench.client import run
 
+    _fast_loop()
     typer.echo(json.dumps(asyncio.run(run(players, seconds))))
 
 
