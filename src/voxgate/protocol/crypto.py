@@ -85,7 +85,9 @@ class TransportCipher(abc.ABC):
     mode: EncryptionMode
     #: bytes a sealed packet has beyond header + payload
     overhead: int
-    _rtpsize: bool = False
+    #: Whether the mode leaves the extension header in clear (the ``_rtpsize`` modes);
+    #: ciphers with the same value split a packet the same way (see :meth:`split`).
+    rtpsize: bool = False
 
     def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
         if len(secret_key) != KEY_SIZE:
@@ -100,16 +102,8 @@ class TransportCipher(abc.ABC):
 
     def seal(self, header: bytes, payload: bytes) -> bytes:
         """The datagram for ``header`` (the whole RTP header) and ``payload`` (Opus)."""
-        clear = _clear_size(header, rtpsize=self._rtpsize)
+        clear = _clear_size(header, rtpsize=self.rtpsize)
         return self._seal(bytes(header[:clear]), bytes(header[clear:]) + payload)
-
-    @property
-    def rtpsize(self) -> bool:
-        """Whether the mode leaves the extension header in clear (the ``_rtpsize`` modes).
-
-        Ciphers with the same value split a packet the same way (see :meth:`split`).
-        """
-        return self._rtpsize
 
     def split(self, header: bytes, payload: bytes) -> tuple[bytes, bytes]:
         """``(clear, plaintext)``: what this mode leaves in clear and what it encrypts.
@@ -118,7 +112,7 @@ class TransportCipher(abc.ABC):
         calls :meth:`seal_split` for each, instead of :meth:`seal`'s split per receiver.
         Raises :class:`PacketError` for a malformed header.
         """
-        clear = _clear_size(header, rtpsize=self._rtpsize)
+        clear = _clear_size(header, rtpsize=self.rtpsize)
         return bytes(header[:clear]), bytes(header[clear:]) + payload
 
     def seal_split(self, clear: bytes, plaintext: bytes) -> bytes:
@@ -131,10 +125,10 @@ class TransportCipher(abc.ABC):
         Raises :class:`DecryptionError` when the packet does not authenticate and
         :class:`PacketError` when it is not a well-formed packet of this mode.
         """
-        clear = _clear_size(packet, rtpsize=self._rtpsize)
+        clear = _clear_size(packet, rtpsize=self.rtpsize)
         header = bytes(packet[:clear])
         plaintext = self._open(header, memoryview(packet)[clear:])
-        if self._rtpsize:
+        if self.rtpsize:
             body = _extension_body_size(header, clear)
         elif header[0] & 0x10:
             # Legacy modes encrypt the whole extension, its 4-byte header included.
@@ -157,7 +151,7 @@ class TransportCipher(abc.ABC):
 class Aes256GcmRtpsize(TransportCipher):
     mode = EncryptionMode.AEAD_AES256_GCM_RTPSIZE
     overhead = TAG_SIZE + 4
-    _rtpsize = True
+    rtpsize = True
 
     def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
         super().__init__(secret_key, nonce=nonce)
@@ -165,6 +159,14 @@ class Aes256GcmRtpsize(TransportCipher):
 
     def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
         nonce = self._next_nonce()
+        return clear + self._aead.encrypt(nonce + _ZEROS_8, plaintext, clear) + nonce
+
+    def seal_split(self, clear: bytes, plaintext: bytes) -> bytes:
+        # The relay's per-receiver call, with the nonce step inlined: this runs once per
+        # receiver per packet, and each Python call level costs as much as the cipher.
+        counter = self.nonce
+        self.nonce = (counter + 1) & 0xFFFF_FFFF
+        nonce = counter.to_bytes(4, "big")
         return clear + self._aead.encrypt(nonce + _ZEROS_8, plaintext, clear) + nonce
 
     def _open(self, clear: bytes, sealed: memoryview) -> bytes:
@@ -179,7 +181,7 @@ class Aes256GcmRtpsize(TransportCipher):
 class XChaCha20Poly1305Rtpsize(TransportCipher):
     mode = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE
     overhead = TAG_SIZE + 4
-    _rtpsize = True
+    rtpsize = True
 
     def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
         super().__init__(secret_key, nonce=nonce)
