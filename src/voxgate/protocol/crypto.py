@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 import os
 import struct
-from typing import Final
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -54,6 +54,8 @@ _U32: Final = struct.Struct(">I")
 _ZEROS_8: Final = bytes(8)
 _ZEROS_20: Final = bytes(20)
 _ZEROS_12: Final = bytes(12)
+_ZEROS_16: Final = bytes(16)
+_ZEROS_32: Final = bytes(32)
 
 
 def _clear_size(packet: bytes, *, rtpsize: bool) -> int:
@@ -185,7 +187,7 @@ class XChaCha20Poly1305Rtpsize(TransportCipher):
 
     def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
         super().__init__(secret_key, nonce=nonce)
-        self._buffer = _SodiumBuffer() if _sodium is not None else None
+        self._buffer = _SodiumBuffer(_sodium) if _sodium is not None else None
 
     def _seal(self, clear: bytes, plaintext: bytes) -> bytes:
         nonce = self._next_nonce()
@@ -218,51 +220,49 @@ class XChaCha20Poly1305Rtpsize(TransportCipher):
 
 
 class _SodiumBuffer:
-    """Calls libsodium's XChaCha20-Poly1305 directly with a reused output buffer.
+    """Calls libsodium's XChaCha20-Poly1305 and secretbox directly, into a reused buffer.
 
     PyNaCl's public binding validates and allocates on every call, which costs about 2 us
-    a packet on top of the 1 us the cipher takes (measured with ``voxgate bench``); a relay
-    seals once per receiver, so this is the difference that matters. Same libsodium, same
-    bytes: the cross-check tests hold both routes to discord.py's and discord.js's layouts.
+    a packet on top of the 1 us the cipher takes (``bench/forward.py``); a relay seals once
+    per receiver, so this is the difference that matters. Same libsodium, same bytes: the
+    cross-check tests hold both routes to discord.py's and discord.js's layouts.
     """
 
-    __slots__ = ("_out", "_out_len", "_size")
+    __slots__ = ("_ffi", "_lib", "_out", "_out_len", "_size")
 
-    def __init__(self) -> None:
-        assert _sodium is not None
+    def __init__(self, sodium: Any) -> None:
+        self._ffi = sodium.ffi
+        self._lib = sodium.lib
         self._size = 2048
-        self._out = _sodium.ffi.new("unsigned char[]", self._size)
-        self._out_len = _sodium.ffi.new("unsigned long long *")
+        self._out = self._ffi.new("unsigned char[]", self._size)
+        self._out_len = self._ffi.new("unsigned long long *")
 
     def _room(self, size: int) -> None:
         if size > self._size:
-            assert _sodium is not None
             self._size = size
-            self._out = _sodium.ffi.new("unsigned char[]", size)
+            self._out = self._ffi.new("unsigned char[]", size)
 
     def xchacha_seal(self, plaintext: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes:
-        assert _sodium is not None
         self._room(len(plaintext) + TAG_SIZE)
-        _sodium.lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        self._lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
             self._out,
             self._out_len,
             plaintext,
             len(plaintext),
             aad,
             len(aad),
-            _sodium.ffi.NULL,
+            self._ffi.NULL,
             nonce,
             key,
         )
-        return bytes(_sodium.ffi.buffer(self._out, self._out_len[0]))
+        return bytes(self._ffi.buffer(self._out, self._out_len[0]))
 
     def xchacha_open(self, sealed: bytes, aad: bytes, nonce: bytes, key: bytes) -> bytes | None:
-        assert _sodium is not None
         self._room(len(sealed))
-        status = _sodium.lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        status = self._lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
             self._out,
             self._out_len,
-            _sodium.ffi.NULL,
+            self._ffi.NULL,
             sealed,
             len(sealed),
             aad,
@@ -272,16 +272,45 @@ class _SodiumBuffer:
         )
         if status != 0:
             return None
-        return bytes(_sodium.ffi.buffer(self._out, self._out_len[0]))
+        return bytes(self._ffi.buffer(self._out, self._out_len[0]))
+
+    def secretbox(self, plaintext: bytes, nonce: bytes, key: bytes) -> bytes:
+        """MAC + ciphertext, as PyNaCl's ``crypto_secretbox`` returns them.
+
+        The NaCl API PyNaCl's module exposes works on zero-padded buffers: 32 zero bytes
+        before the message in, 16 before the MAC out.
+        """
+        padded = _ZEROS_32 + plaintext
+        self._room(len(padded))
+        self._lib.crypto_secretbox(self._out, padded, len(padded), nonce, key)
+        return bytes(self._ffi.buffer(self._out, len(padded)))[16:]
+
+    def secretbox_open(self, sealed: bytes, nonce: bytes, key: bytes) -> bytes | None:
+        padded = _ZEROS_16 + sealed
+        self._room(len(padded))
+        if self._lib.crypto_secretbox_open(self._out, padded, len(padded), nonce, key):
+            return None
+        return bytes(self._ffi.buffer(self._out, len(padded)))[32:]
 
 
 class _SecretBox(TransportCipher):
+    def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
+        super().__init__(secret_key, nonce=nonce)
+        self._buffer = _SodiumBuffer(_sodium) if _sodium is not None else None
+
     def _box(self, plaintext: bytes, nonce: bytes) -> bytes:
+        if self._buffer is not None:
+            return self._buffer.secretbox(plaintext, nonce, self.secret_key)
         return crypto_secretbox(plaintext, nonce, self.secret_key)
 
     def _unbox(self, sealed: bytes, nonce: bytes) -> bytes:
         if len(sealed) < TAG_SIZE:
             raise DecryptionError("packet shorter than the secretbox MAC")
+        if self._buffer is not None:
+            opened = self._buffer.secretbox_open(sealed, nonce, self.secret_key)
+            if opened is None:
+                raise DecryptionError("XSalsa20-Poly1305 authentication failed")
+            return opened
         try:
             return crypto_secretbox_open(sealed, nonce, self.secret_key)
         except CryptoError:
