@@ -139,7 +139,12 @@ def admin_app(
                     {"error": f"{name} must be 1-{MAX_ID_LENGTH} characters"}, status=400
                 )
         token, grant = authority.mint(body.guild_id, body.channel_id, body.user_id, body.session_id)
-        log.info("minted join", extra={"guild_id": grant.guild_id, "user_id": grant.user_id})
+        log.info(
+            "minted a join: guild %s channel %s user %s",
+            grant.guild_id,
+            grant.channel_id,
+            grant.user_id,
+        )
         return web.json_response(join_events(token, grant, endpoint))
 
     app = web.Application(client_max_size=64 * 1024)
