@@ -188,6 +188,17 @@ class Router:
             return
         secret_key = secrets.token_bytes(32)
         first_description = session.cipher is None
+        others = [m for m in session.channel.members if m is not session and m.described]
+        if first_description:
+            # PROTOCOL.md §8, the first-packet race: receivers map ssrc -> user only from
+            # op 5 and drop packets of unknown ssrcs. Every described member learns the new
+            # ssrc now, queued before the new member even has its key, so the announcement
+            # leads its first packet by at least a round trip.
+            announced = Speaking(
+                speaking=session.speaking, ssrc=session.ssrc, user_id=session.user_id
+            )
+            for member in others:
+                member.send(announced)
         session.mode = mode
         session.cipher = transport_cipher(mode, secret_key)
         session.replay = replay_window(mode)
@@ -201,20 +212,11 @@ class Router:
             )
         )
         session.log.info("session described, mode %s", mode.value)
-        if not first_description:
-            return
-        # PROTOCOL.md §8, the first-packet race: receivers map ssrc -> user only from op 5
-        # and drop packets of unknown ssrcs, so every described member learns every other
-        # one's ssrc now, before any audio can arrive.
-        for member in session.channel.members:
-            if member is session or not member.described:
-                continue
-            member.send(
-                Speaking(speaking=session.speaking, ssrc=session.ssrc, user_id=session.user_id)
-            )
-            session.send(
-                Speaking(speaking=member.speaking, ssrc=member.ssrc, user_id=member.user_id)
-            )
+        if first_description:
+            for member in others:
+                session.send(
+                    Speaking(speaking=member.speaking, ssrc=member.ssrc, user_id=member.user_id)
+                )
 
     def speaking(self, session: VoiceSession, message: Speaking) -> None:
         session.speaking = message.speaking
