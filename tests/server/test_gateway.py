@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -237,3 +238,27 @@ async def test_message_flood_is_closed_with_4021(honest, peers) -> None:
     code, reason = await mallory.closed()
     assert code == CloseCode.RATE_LIMITED and reason
     await call.check()
+
+
+async def test_a_connection_that_never_sends_its_upgrade_is_closed(start_node, ca) -> None:
+    node = await start_node(handshake_timeout_s=0.5)
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port, ssl=trust)
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # the server hung up
+    writer.close()
+
+
+async def test_the_upgrade_timeout_does_not_touch_open_sessions(
+    start_node, peers, authority
+) -> None:
+    node = await start_node(handshake_timeout_s=0.3)
+    alice, bob = peers(node), peers(node)
+    await alice.join(authority, "g", "c", "alice", OFFERED[0])
+    await bob.join(authority, "g", "c", "bob", OFFERED[0])
+    await asyncio.sleep(1.0)
+    await alice.heartbeat()
+    alice.send_audio(b"still here")
+    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"still here")]
+    assert alice.close_code is None

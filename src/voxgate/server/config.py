@@ -34,6 +34,9 @@ class ServerConfig:
     packet_rate_cap: float = 150.0
     # A described member that sends no datagram for this long is reported (log, metric).
     media_silence_s: float = 60.0
+    # A connection that has not sent its WebSocket upgrade request by then is closed (the
+    # TLS handshake before it is bounded by asyncio's own 60 s).
+    handshake_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.modes:

@@ -63,7 +63,15 @@ class VoiceNode:
 
         app = web.Application()
         app.router.add_get("/", gateway_handler(self.router, self._connections))
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=1,
+            # aiohttp arms this idle timer when a connection opens: a socket that never
+            # sends its upgrade request is closed instead of held for the default hour.
+            keepalive_timeout=self.config.handshake_timeout_s,
+        )
         await runner.setup()
         site = web.TCPSite(
             runner, self.config.host, self.config.port, ssl_context=self.config.ssl_context
