@@ -86,3 +86,24 @@ def test_mix_sums_and_clips() -> None:
     mixed = mix_pcm([loud, quiet])
     assert int.from_bytes(mixed[0:2], "little", signed=True) == 32767
     assert int.from_bytes(mixed[2:4], "little", signed=True) == 30000
+
+
+def test_a_users_tracks_from_two_sessions_are_joined_in_one_wav(tmp_path) -> None:
+    import wave
+    from types import SimpleNamespace
+
+    from voxgate.client.receiver import AudioReceiver, SpeakerTrack
+
+    connection = SimpleNamespace(
+        add_listener=lambda listener: None,
+        remove_listener=lambda listener: None,
+        user_of=lambda ssrc: "alice",
+    )
+    receiver = AudioReceiver(connection, decode=False)  # type: ignore[arg-type]
+    before = SpeakerTrack(1, 0.0, pcm=bytearray(b"\x01\x00" * 4))
+    after = SpeakerTrack(2, 0.0, pcm=bytearray(bytes(8) + b"\x02\x00" * 4))
+    receiver.tracks = {1: before, 2: after}
+    written = receiver.save_wav(tmp_path)
+    with wave.open(str(written["alice"])) as wav:
+        frames = wav.readframes(wav.getnframes())
+    assert frames == b"\x01\x00" * 4 + b"\x02\x00" * 4

@@ -229,9 +229,14 @@ class AudioReceiver:
         """One WAV per user (``<user_id>.wav``) and, with ``mix``, ``mix.wav`` of all of them."""
         folder.mkdir(parents=True, exist_ok=True)
         written: dict[str, Path] = {}
-        for user, track in self.by_user().items():
+        # A user whose session was replaced has one track per ssrc; each track is placed on
+        # the recording's timeline from its start, so laying them over each other joins them.
+        per_user: dict[str, list[bytes]] = {}
+        for ssrc, track in self.tracks.items():
+            per_user.setdefault(self.user_of(ssrc), []).append(bytes(track.pcm))
+        for user, pcm in per_user.items():
             path = folder / f"{_safe(user)}.wav"
-            write_wav(path, bytes(track.pcm))
+            write_wav(path, pcm[0] if len(pcm) == 1 else mix_pcm(pcm))
             written[user] = path
         if mix:
             path = folder / "mix.wav"
