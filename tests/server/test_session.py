@@ -154,3 +154,29 @@ def test_a_described_member_gone_quiet_is_reported_not_ended(router: Router) -> 
     session.last_media_at += router.config.media_silence_s + 1
     router.expire(3.0)
     assert router.media_silent_count() == 0
+
+
+def _select(connection: GatewayConnection, now: float) -> None:
+    data = {"address": "127.0.0.1", "port": 1, "mode": "aead_aes256_gcm_rtpsize"}
+    connection.receive(json.dumps({"op": 1, "d": {"protocol": "udp", "data": data}}), now)
+
+
+def test_others_learn_a_new_ssrc_before_its_owner_gets_the_key(router: Router) -> None:
+    from voxgate.protocol.messages import SessionDescription, Speaking
+    from voxgate.server.router import DESCRIPTION_LEAD_S
+
+    alice = GatewayConnection(router, now=0.0)
+    _identify(router, alice, "alice")
+    _select(alice, 0.1)  # alone: described at once
+    assert any(isinstance(m, SessionDescription) for m, _ in _decoded(alice))
+    bob = GatewayConnection(router, now=0.0)
+    _identify(router, bob, "bob")
+    bob.take_outbox()
+    _select(bob, 1.0)
+    [(announced, _)] = [(m, s) for m, s in _decoded(alice) if isinstance(m, Speaking)]
+    assert announced.user_id == "bob" and announced.ssrc == bob.session.ssrc
+    assert bob.outbox == []  # the key waits...
+    assert bob.next_timer() == pytest.approx(1.0 + DESCRIPTION_LEAD_S)
+    bob.on_timer(1.0 + DESCRIPTION_LEAD_S)
+    kinds = [type(m) for m, _ in _decoded(bob)]
+    assert kinds == [SessionDescription, Speaking]  # ...then comes, with alice's ssrc

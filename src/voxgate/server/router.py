@@ -24,6 +24,7 @@ from voxgate.protocol.messages import (
     ClientDisconnect,
     ClientsConnect,
     Identify,
+    Message,
     Ready,
     Resume,
     Resumed,
@@ -42,6 +43,8 @@ from voxgate.server.stats import NodeStats
 log = logging.getLogger(__name__)
 
 SendTo = Callable[[bytes, tuple[str, int]], None]
+#: How far a new member's Session Description trails the announcement of its ssrc.
+DESCRIPTION_LEAD_S = 0.05
 ChannelKey = tuple[str, str]
 
 
@@ -169,7 +172,11 @@ class Router:
         session.log.info("resumed, %d messages replayed", len(missed))
 
     def select_protocol(
-        self, connection: GatewayConnection, session: VoiceSession, message: SelectProtocol
+        self,
+        connection: GatewayConnection,
+        session: VoiceSession,
+        message: SelectProtocol,
+        now: float,
     ) -> None:
         if message.protocol != "udp":
             connection.close(
@@ -189,20 +196,10 @@ class Router:
         secret_key = secrets.token_bytes(32)
         first_description = session.cipher is None
         others = [m for m in session.channel.members if m is not session and m.described]
-        if first_description:
-            # PROTOCOL.md §8, the first-packet race: receivers map ssrc -> user only from
-            # op 5 and drop packets of unknown ssrcs. Every described member learns the new
-            # ssrc now, queued before the new member even has its key, so the announcement
-            # leads its first packet by at least a round trip.
-            announced = Speaking(
-                speaking=session.speaking, ssrc=session.ssrc, user_id=session.user_id
-            )
-            for member in others:
-                member.send(announced)
         session.mode = mode
         session.cipher = transport_cipher(mode, secret_key)
         session.replay = replay_window(mode)
-        session.send(
+        reply: list[Message] = [
             SessionDescription(
                 mode=mode.value,
                 secret_key=list(secret_key),
@@ -210,13 +207,25 @@ class Router:
                 audio_codec="opus",
                 media_session_id=os.urandom(16).hex(),
             )
-        )
+        ]
         session.log.info("session described, mode %s", mode.value)
-        if first_description:
-            for member in others:
-                session.send(
-                    Speaking(speaking=member.speaking, ssrc=member.ssrc, user_id=member.user_id)
-                )
+        if not first_description or not others:
+            for reply_message in reply:
+                session.send(reply_message)
+            return
+        # PROTOCOL.md §8, the first-packet race: receivers map ssrc -> user only from op 5
+        # and drop packets of unknown ssrcs, and discord.py sends audio within a millisecond
+        # of getting its key. So the others learn the new ssrc first, and the new member
+        # gets its key DESCRIPTION_LEAD_S later: long enough for their clients to have read
+        # the announcement (Node's WebSocket lags its UDP by milliseconds under load).
+        announced = Speaking(speaking=session.speaking, ssrc=session.ssrc, user_id=session.user_id)
+        for member in others:
+            member.send(announced)
+        reply += [
+            Speaking(speaking=member.speaking, ssrc=member.ssrc, user_id=member.user_id)
+            for member in others
+        ]
+        session.send_later(reply, now + DESCRIPTION_LEAD_S)
 
     def speaking(self, session: VoiceSession, message: Speaking) -> None:
         session.speaking = message.speaking

@@ -120,6 +120,9 @@ class VoiceSession:
         self.connection: GatewayConnection | None = None
         self.detached_at: float | None = None
         self.closed = False
+        # Messages held back for a moment (see Router.select_protocol), and when they are due.
+        self.deferred: list[Message] = []
+        self.deferred_due: float | None = None
         self._seq = 0
         self._sent: deque[tuple[int, Frame]] = deque(maxlen=REPLAY_BUFFER)
         # Sequence numbers at or below this may have fallen out of the buffer.
@@ -143,6 +146,16 @@ class VoiceSession:
         if self.connection is not None:
             self.connection.push(frame)
 
+    def send_later(self, messages: list[Message], due: float) -> None:
+        """Send ``messages`` at ``due`` (the connection's timer does it), in this order."""
+        self.deferred.extend(messages)
+        self.deferred_due = due if self.deferred_due is None else min(self.deferred_due, due)
+
+    def send_deferred(self) -> None:
+        messages, self.deferred, self.deferred_due = self.deferred, [], None
+        for message in messages:
+            self.send(message)
+
     def acknowledge(self, seq_ack: int) -> None:
         """Forget messages the client says it has (heartbeat ``seq_ack``)."""
         while self._sent and self._sent[0][0] <= seq_ack:
@@ -160,6 +173,7 @@ class VoiceSession:
         connection.session = self
 
     def detach(self, now: float) -> None:
+        self.send_deferred()  # into the replay buffer: a Resume delivers them
         self.connection = None
         self.detached_at = now
 
@@ -237,7 +251,7 @@ class GatewayConnection:
             return
         match message:
             case SelectProtocol():
-                self.router.select_protocol(self, session, message)
+                self.router.select_protocol(self, session, message, now)
             case Speaking():
                 self.router.speaking(session, message)
             case (
@@ -253,13 +267,19 @@ class GatewayConnection:
 
     def next_timer(self) -> float:
         """When :meth:`on_timer` must next run."""
-        if self._identify_deadline is None:
-            return self._heartbeat_deadline
-        return min(self._heartbeat_deadline, self._identify_deadline)
+        due = self._heartbeat_deadline
+        if self._identify_deadline is not None:
+            due = min(due, self._identify_deadline)
+        if self.session is not None and self.session.deferred_due is not None:
+            due = min(due, self.session.deferred_due)
+        return due
 
     def on_timer(self, now: float) -> None:
         if self.close_request is not None:
             return
+        session = self.session
+        if session is not None and session.deferred_due is not None and now >= session.deferred_due:
+            session.send_deferred()
         if self._identify_deadline is not None and now >= self._identify_deadline:
             self.close(CloseCode.NOT_AUTHENTICATED, "no Identify or Resume in time")
         elif now >= self._heartbeat_deadline:
