@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import sys
 import time
@@ -34,8 +35,6 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _default_data_dir() -> Path:
-    import os
-
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "voxgate"
 
