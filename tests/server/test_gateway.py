@@ -262,3 +262,38 @@ async def test_the_upgrade_timeout_does_not_touch_open_sessions(
     alice.send_audio(b"still here")
     assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"still here")]
     assert alice.close_code is None
+
+
+class _EveryReceiveBringsAHeartbeat:
+    """A WebSocket whose client heartbeats faster than any timeout elapses."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.timeouts: list[float | None] = []
+
+    async def receive(self, timeout: float | None = None) -> aiohttp.WSMessage:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) > 20:
+            return aiohttp.WSMessage(aiohttp.WSMsgType.CLOSED, None, None)
+        frame = json.dumps({"op": 3, "d": {"t": len(self.timeouts), "seq_ack": -1}})
+        return aiohttp.WSMessage(aiohttp.WSMsgType.TEXT, frame, None)
+
+
+async def test_a_timer_already_due_fires_though_frames_keep_coming(authority) -> None:
+    # aiohttp takes receive(timeout=0) for "no timeout": a timer found due must run at
+    # once, or a busy client's deferred Session Description never goes out.
+    from voxgate.server.config import ServerConfig
+    from voxgate.server.gateway import _read
+    from voxgate.server.router import Router
+    from voxgate.server.session import GatewayConnection
+    from voxgate.server.stats import NodeStats
+
+    loop = asyncio.get_running_loop()
+    router = Router(ServerConfig(port=8443), authority, NodeStats())
+    connection = GatewayConnection(router, loop.time() - 3600)  # identify deadline passed
+    ws = _EveryReceiveBringsAHeartbeat()
+    await _read(ws, connection, loop)  # type: ignore[arg-type]
+    assert connection.close_request is not None
+    assert connection.close_request[0] == CloseCode.NOT_AUTHENTICATED
+    assert ws.timeouts == []

@@ -78,7 +78,14 @@ async def _read(
 ) -> int | None:
     """Feed frames to ``connection`` until either side closes; the client's close code."""
     while not ws.closed and connection.close_request is None:
-        timeout = max(0.0, connection.next_timer() - loop.time())
+        now = loop.time()
+        timeout = connection.next_timer() - now
+        if timeout <= 0:
+            # Already due (the loop ran late): aiohttp reads a timeout of 0 as "none", so
+            # receive(timeout=0) would wait for the client's next frame and the timer
+            # (a deferred Session Description, a heartbeat deadline) would never fire.
+            connection.on_timer(now)
+            continue
         try:
             message = await ws.receive(timeout=timeout)
         except TimeoutError:
