@@ -22,7 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define MAX_MEMBERS 4096
+#define MAX_MEMBERS 16384
 #define MAX_PACKET 2048
 
 typedef struct {
@@ -39,7 +39,7 @@ static member_t members[MAX_MEMBERS];
 static int member_count;
 /* Open addressing over ssrc, and each member's channel as a range of members[]: the
  * members file lists a channel's members together. */
-#define SLOTS 16384
+#define SLOTS 65536
 static int slot_of[SLOTS];
 static int channel_first[MAX_MEMBERS], channel_count[MAX_MEMBERS];
 static volatile sig_atomic_t stopping;

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -36,11 +37,17 @@ from voxgate.protocol.crypto import TransportCipher, transport_cipher
 from voxgate.protocol.errors import PacketError
 from voxgate.protocol.rtp import RtpHeader
 
-CEILING_SOURCE = Path(__file__).resolve().parents[3] / "bench" / "ceiling" / "relay.c"
+BENCH_SOURCES = Path(__file__).resolve().parents[3] / "bench"
+CEILING_SOURCE = BENCH_SOURCES / "ceiling" / "relay.c"
+LOADGEN_SOURCE = BENCH_SOURCES / "loadgen" / "loadgen.c"
+#: Seconds of sending before the measured window, so addresses and caches are warm.
+WARMUP_S = 0.5
 _STAMP = struct.Struct(">QI")  # send time (ns), sender index
 FRAME_S = 0.020
 AES = "aead_aes256_gcm_rtpsize"
 XCHACHA = "aead_xchacha20_poly1305_rtpsize"
+#: The modes bench/loadgen/loadgen.c speaks, and the letter its members file names them by.
+LOADGEN_MODES = {AES: "a", XCHACHA: "x"}
 
 
 @dataclass
@@ -67,7 +74,20 @@ class Member(abc.ABC):
     def send(self, payload: bytes) -> None: ...
 
     @abc.abstractmethod
+    def hand_over(self) -> tuple[int, int, str, bytes]:
+        """Stop reading media here; (socket fd, ssrc, mode, secret_key) for the C generator."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+def _paused_fd(transport: asyncio.DatagramTransport | None) -> int:
+    if transport is None:
+        raise RuntimeError("the member has no media socket")
+    # The C generator reads the socket from here on; two readers would split the packets.
+    transport.pause_reading()
+    sock = transport.get_extra_info("socket")
+    return int(sock.fileno())
 
 
 class VoxgateMember(Member):
@@ -78,6 +98,13 @@ class VoxgateMember(Member):
 
     def send(self, payload: bytes) -> None:
         self.connection.send_opus(payload)
+
+    def hand_over(self) -> tuple[int, int, str, bytes]:
+        description = self.connection.gateway.description
+        if description is None or description.mode not in LOADGEN_MODES:
+            raise RuntimeError(f"the C generator does not speak {self.connection.mode}")
+        fd = _paused_fd(self.connection.media_transport)
+        return fd, self.connection.ssrc, description.mode, bytes(description.secret_key)
 
     async def close(self) -> None:
         await self.connection.close()
@@ -138,6 +165,10 @@ class RawMember(Member):
         assert self.socket is not None and self.socket.transport is not None
         self.socket.transport.sendto(self.cipher.seal(header, payload))
 
+    def hand_over(self) -> tuple[int, int, str, bytes]:
+        assert self.socket is not None
+        return _paused_fd(self.socket.transport), self.ssrc, AES, self.key
+
     async def close(self) -> None:
         if self.socket is not None and self.socket.transport is not None:
             self.socket.transport.close()
@@ -155,6 +186,7 @@ class Step:
     server_cpu: float  # cores busy
     cpu_ms_per_1000: float
     rss_per_session_kb: float
+    generator: str = "python"
 
 
 class Relay(abc.ABC):
@@ -242,22 +274,31 @@ class CeilingRelay(Relay):
         self.process.wait(timeout=10)
 
 
-def build_ceiling() -> tuple[Path | None, str]:
-    """Compile the C relay; (binary, "") or (None, why not)."""
+def _build(source: Path, what: str) -> tuple[Path | None, str]:
     compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None:
         return None, "no C compiler found"
     if not Path("/usr/include/openssl/evp.h").exists():
         return None, "OpenSSL headers missing (Debian: apt-get install libssl-dev)"
-    binary = Path(tempfile.mkdtemp(prefix="voxgate-ceiling-")) / "relay"
+    binary = Path(tempfile.mkdtemp(prefix="voxgate-bench-")) / source.stem
     done = subprocess.run(
-        [compiler, "-O2", "-o", str(binary), str(CEILING_SOURCE), "-lcrypto"],
+        [compiler, "-O2", "-o", str(binary), str(source), "-lcrypto"],
         capture_output=True,
         text=True,
     )
     if done.returncode != 0:
-        return None, f"the C relay did not build: {done.stderr.strip()[:200]}"
+        return None, f"the {what} did not build: {done.stderr.strip()[:200]}"
     return binary, ""
+
+
+def build_ceiling() -> tuple[Path | None, str]:
+    """Compile the C relay; (binary, "") or (None, why not)."""
+    return _build(CEILING_SOURCE, "C relay")
+
+
+def build_loadgen() -> tuple[Path | None, str]:
+    """Compile the C generator's media half; (binary, "") or (None, why not)."""
+    return _build(LOADGEN_SOURCE, "C load generator")
 
 
 async def measure(
@@ -268,8 +309,13 @@ async def measure(
     modes: Sequence[str],
     seconds: float,
     payload_sizes: tuple[int, int] = (60, 160),
+    loadgen: Path | None = None,
 ) -> Step:
-    """Join ``channels`` x ``per_channel`` members, stream for ``seconds``, count."""
+    """Join ``channels`` x ``per_channel`` members, stream for ``seconds``, count.
+
+    With ``loadgen`` (and AES-GCM members only) the C generator sends and receives for the
+    members joined here; otherwise this process does, as a Python generator.
+    """
     tally = Tally()
     rss_before = relay.rss_bytes()
     members: list[list[Member]] = []
@@ -282,6 +328,14 @@ async def measure(
         )
         members.append(list(joined))
     rss_per_session = (relay.rss_bytes() - rss_before) / 1024 / (channels * per_channel)
+    if loadgen is not None and set(modes) <= LOADGEN_MODES.keys():
+        try:
+            return await _drive_with_loadgen(
+                loadgen, relay, members, speakers, seconds, rss_per_session
+            )
+        finally:
+            for channel in members:
+                await asyncio.gather(*(member.close() for member in channel))
     talkers = [member for channel in members for member in channel[:speakers]]
     rng = random.Random(7)
     sizes = [rng.randint(*payload_sizes) for _ in range(256)]
@@ -301,7 +355,7 @@ async def measure(
             await asyncio.sleep(max(0.0, start + frame * FRAME_S - loop.time()))
         return sent
 
-    await stream(0.5)  # warm-up: addresses learnt, caches filled
+    await stream(WARMUP_S)  # warm-up: addresses learnt, caches filled
     await asyncio.sleep(0.3)
     tally.received = 0
     tally.latencies_ns.clear()
@@ -332,6 +386,64 @@ async def measure(
     )
 
 
+async def _drive_with_loadgen(
+    loadgen: Path,
+    relay: Relay,
+    members: list[list[Member]],
+    speakers: int,
+    seconds: float,
+    rss_per_session: float,
+) -> Step:
+    lines = []
+    fds = []
+    for channel, joined in enumerate(members):
+        for index, member in enumerate(joined):
+            fd, ssrc, mode, key = member.hand_over()
+            fds.append(fd)
+            speaker = int(index < speakers)
+            lines.append(f"{fd} {channel} {ssrc} {speaker} {LOADGEN_MODES[mode]} {key.hex()}")
+    members_file = Path(tempfile.mkdtemp(prefix="voxgate-loadgen-")) / "members"
+    members_file.write_text("\n".join(lines) + "\n")
+    process = await asyncio.create_subprocess_exec(
+        str(loadgen),
+        str(members_file),
+        str(WARMUP_S),
+        str(seconds),
+        pass_fds=fds,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    cpu_before = cpu_after = 0.0
+    started = ended = 0.0
+    figures: dict[str, Any] = {}
+    async for raw in process.stdout:
+        line = raw.decode().strip()
+        if line == "measure":
+            cpu_before, started = relay.cpu_seconds(), time.monotonic()
+        elif line == "end":
+            cpu_after, ended = relay.cpu_seconds(), time.monotonic()
+        elif line.startswith("{"):
+            figures = json.loads(line)
+    if await process.wait() != 0 or not figures:
+        raise RuntimeError(f"the C load generator failed ({process.returncode})")
+    took = float(figures["seconds"])
+    cpu = cpu_after - cpu_before
+    received, expected = int(figures["received"]), int(figures["expected"])
+    return Step(
+        channels=len(members),
+        members=sum(len(joined) for joined in members),
+        offered_pps=round(expected / took),
+        forwarded_pps=round(received / took),
+        loss=round(max(0.0, 1 - received / expected), 5) if expected else 0.0,
+        latency_p50_ms=figures["latency_p50_ms"],
+        latency_p99_ms=figures["latency_p99_ms"],
+        server_cpu=round(cpu / max(ended - started, 1e-9), 3),
+        cpu_ms_per_1000=round(cpu * 1000 / max(received / 1000, 1e-9), 3),
+        rss_per_session_kb=round(rss_per_session, 1),
+        generator="c",
+    )
+
+
 async def saturate(
     make: Any,
     per_channel: int,
@@ -340,16 +452,21 @@ async def saturate(
     seconds: float,
     start: int,
     limit: int,
+    loadgen: Path | None = None,
     loss_threshold: float = 0.001,
+    resolution: float = 0.1,
 ) -> tuple[list[Step], Step | None]:
-    """Double the channels until loss appears; the last step without loss is saturation."""
+    """Double the channels until loss appears, then bisect to within ``resolution``: the
+    largest level without loss is the saturation point."""
     steps: list[Step] = []
     best: Step | None = None
 
     async def try_level(channels: int) -> Step:
         relay = make(channels)
         try:
-            step = await measure(relay, channels, per_channel, speakers, modes, seconds)
+            step = await measure(
+                relay, channels, per_channel, speakers, modes, seconds, loadgen=loadgen
+            )
         finally:
             relay.stop()
         steps.append(step)
@@ -364,12 +481,17 @@ async def saturate(
             break
         best = step
         channels *= 2
-    # One bisection between the last level without loss and the first with it.
-    if best is not None and failed_at is not None and failed_at - best.channels > 1:
+    while (
+        best is not None
+        and failed_at is not None
+        and failed_at - best.channels > max(1, resolution * best.channels)
+    ):
         middle = (best.channels + failed_at) // 2
         step = await try_level(middle)
         if step.loss <= loss_threshold:
             best = step
+        else:
+            failed_at = middle
     return steps, best
 
 
@@ -379,41 +501,74 @@ def pin_generator(cpu: int | None) -> None:
             os.sched_setaffinity(0, {cpu})
 
 
-async def run(seconds: float = 3.0, quick: bool = False, ceiling: bool = True) -> dict[str, Any]:
+def _raise_open_files_limit() -> None:
+    """Thousands of members hold a WebSocket and a UDP socket each in this process."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def run(
+    seconds: float = 3.0,
+    quick: bool = False,
+    ceiling: bool = True,
+    loadgen: Path | None = None,
+    loadgen_note: str = "",
+) -> dict[str, Any]:
+    """Every scenario of ``voxgate bench relay``; one dict of figures.
+
+    ``loadgen`` is the built C generator (:func:`build_loadgen`); without it this process
+    generates the load, and its own queueing then shows in the latencies.
+    """
     cores = os.cpu_count() or 1
     server_cpu, generator_cpu = (0, 1) if cores >= 2 else (None, None)
     pin_generator(generator_cpu)
-    limit = 8 if quick else 256
-    start = 1 if quick else 4
-    result: dict[str, Any] = {"machine": machine(), "seconds_per_step": seconds}
+    _raise_open_files_limit()
+    limit = 8 if quick else 512
+    start = 1 if quick else 8
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "seconds_per_step": seconds,
+        "generator": "c" if loadgen else "python",
+    }
+    if loadgen_note:
+        result["generator_note"] = loadgen_note
 
     steps, best = await saturate(
-        lambda channels: VoxgateRelay(server_cpu), 10, 2, [AES], seconds, start, limit
+        lambda channels: VoxgateRelay(server_cpu), 10, 2, [AES], seconds, start, limit, loadgen
     )
     result["fanout10"] = {"steps": [asdict(s) for s in steps]}
     forwarded = best.forwarded_pps if best else 0
+    result["saturation_channels"] = best.channels if best else 0
     result["forwarded_pps"] = forwarded
     result["loss"] = best.loss if best else 1.0
+    result["cpu_ms_per_1000"] = best.cpu_ms_per_1000 if best else None
     half = max(1, (best.channels if best else 1) // 2)
     relay = VoxgateRelay(server_cpu)
     try:
-        at_half = await measure(relay, half, 10, 2, [AES], seconds)
+        at_half = await measure(relay, half, 10, 2, [AES], seconds, loadgen=loadgen)
         result["rss_per_session_kb"] = at_half.rss_per_session_kb
     finally:
         relay.stop()
     result["at_half_saturation"] = asdict(at_half)
     result["latency_p50_ms"] = at_half.latency_p50_ms
     result["latency_p99_ms"] = at_half.latency_p99_ms
-    result["cpu_ms_per_1000"] = best.cpu_ms_per_1000 if best else None
 
     for name, channels, per_channel, speakers, modes in (
         ("fanout100", 1, 100 if not quick else 20, 1, [AES]),
-        ("mixed_modes", max(1, half), 10, 2, [AES, XCHACHA]),
+        ("mixed_modes", half, 10, 2, [AES, XCHACHA]),
     ):
         relay = VoxgateRelay(server_cpu)
         try:
             result[name] = asdict(
-                await measure(relay, channels, per_channel, speakers, modes, seconds)
+                await measure(
+                    relay, channels, per_channel, speakers, modes, seconds, loadgen=loadgen
+                )
             )
         finally:
             relay.stop()
@@ -433,10 +588,12 @@ async def run(seconds: float = 3.0, quick: bool = False, ceiling: bool = True) -
                 seconds,
                 start,
                 limit,
+                loadgen,
             )
             result["ceiling"] = {"steps": [asdict(s) for s in steps]}
             ceiling_pps = best_ceiling.forwarded_pps if best_ceiling else 0
             result["ceiling_pps"] = ceiling_pps
+            result["ceiling_saturation_channels"] = best_ceiling.channels if best_ceiling else 0
             result["ratio"] = round(forwarded / ceiling_pps, 3) if ceiling_pps else None
             # Generator-independent: CPU per forwarded packet at the largest load both
             # relays carried without loss.

@@ -234,6 +234,12 @@ class VoiceConnection:
         return ready.ssrc
 
     @property
+    def media_transport(self) -> asyncio.DatagramTransport | None:
+        """The UDP transport media flows on, once discovered: for socket options (DSCP,
+        buffers) and for tools that take the socket over, such as the relay bench."""
+        return None if self._media is None else self._media.transport
+
+    @property
     def mode(self) -> str | None:
         return self.gateway.mode
 

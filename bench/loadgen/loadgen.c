@@ -1,0 +1,391 @@
+/*
+ * The load generator's media half, for `voxgate bench relay`.
+ *
+ *   loadgen MEMBERS_FILE WARMUP_S SECONDS
+ *
+ * MEMBERS_FILE lines: "fd channel ssrc speaker mode hexkey". Each fd is an inherited UDP
+ * socket, already connected to the relay, of a member that Python joined through the real
+ * handshake (Identify, IP discovery, Select Protocol, Session Description); hexkey is its
+ * secret_key and mode its transport mode: "a" for aead_aes256_gcm_rtpsize, "x" for
+ * aead_xchacha20_poly1305_rtpsize (OpenSSL has no XChaCha20, so HChaCha20 derives the
+ * subkey here and OpenSSL's ChaCha20-Poly1305 does the rest, as libsodium does). A Python generator cannot both pace thousands of
+ * senders and open hundreds of thousands of packets a second on one core without its own
+ * queueing showing up as the relay's latency; this one can, so the figures are the relay's.
+ *
+ * Speakers send 50 packets a second each, with their phases spread evenly over the 20 ms
+ * frame as independent clients' are (a generator that sends every speaker's frame in one
+ * burst measures the burst, not the relay). Payloads are 60-160 bytes and start with the
+ * send time (CLOCK_REALTIME ns) and the sender's ssrc. Every member opens every packet it
+ * receives with its own key; the latency of a packet is the kernel's receive timestamp
+ * (SO_TIMESTAMPNS) minus the send time, so it holds no queueing of this process.
+ *
+ * Runs WARMUP_S seconds, pauses 0.3 s, measures SECONDS (printing "measure" and "end" as
+ * that window opens and closes), drains 0.3 s, then prints one JSON object: sent,
+ * expected, received, bad, latency p50/p99/max in ms, seconds.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_MEMBERS 16384
+#define BATCH 64
+#define MAX_PACKET 2048
+#define FRAME_NS 20000000LL
+
+typedef struct {
+    int fd;
+    int channel;
+    uint32_t ssrc;
+    int speaker;
+    uint16_t sequence;
+    uint32_t timestamp;
+    uint32_t nonce;
+    char mode;
+    unsigned char key[32];
+    EVP_CIPHER_CTX *open_ctx;
+    EVP_CIPHER_CTX *seal_ctx;
+} member_t;
+
+static member_t members[MAX_MEMBERS];
+static int member_count;
+static int channel_size[MAX_MEMBERS];
+static int speakers[MAX_MEMBERS];
+static int speaker_count;
+
+static int64_t *latencies;
+static size_t latency_count, latency_capacity;
+static unsigned long long sent, expected, received, bad;
+static int measuring;
+
+static int64_t now_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int hex_key(const char *hex, unsigned char *key) {
+    if (strlen(hex) != 64) return -1;
+    for (int i = 0; i < 32; i++) {
+        unsigned int byte;
+        if (sscanf(hex + 2 * i, "%2x", &byte) != 1) return -1;
+        key[i] = (unsigned char)byte;
+    }
+    return 0;
+}
+
+static int load_members(const char *path) {
+    FILE *file = fopen(path, "r");
+    if (!file) { perror(path); return -1; }
+    int fd, channel, speaker;
+    unsigned long ssrc;
+    char mode, hex[80];
+    while (fscanf(file, "%d %d %lu %d %c %79s", &fd, &channel, &ssrc, &speaker, &mode, hex) == 6) {
+        if (mode != 'a' && mode != 'x') { fprintf(stderr, "unknown mode %c\n", mode); return -1; }
+        if (member_count == MAX_MEMBERS || channel < 0 || channel >= MAX_MEMBERS) {
+            fprintf(stderr, "too many members or channels\n");
+            return -1;
+        }
+        unsigned char key[32];
+        if (hex_key(hex, key)) { fprintf(stderr, "bad key for ssrc %lu\n", ssrc); return -1; }
+        member_t *m = &members[member_count++];
+        m->fd = fd;
+        m->channel = channel;
+        m->ssrc = (uint32_t)ssrc;
+        m->speaker = speaker;
+        m->mode = mode;
+        memcpy(m->key, key, 32);
+        m->open_ctx = EVP_CIPHER_CTX_new();
+        m->seal_ctx = EVP_CIPHER_CTX_new();
+        const EVP_CIPHER *cipher = mode == 'a' ? EVP_aes_256_gcm() : EVP_chacha20_poly1305();
+        EVP_DecryptInit_ex(m->open_ctx, cipher, NULL, mode == 'a' ? key : NULL, NULL);
+        EVP_EncryptInit_ex(m->seal_ctx, cipher, NULL, mode == 'a' ? key : NULL, NULL);
+        channel_size[channel]++;
+        if (speaker) speakers[speaker_count++] = member_count - 1;
+    }
+    fclose(file);
+    return 0;
+}
+
+#define ROTL(v, n) (((v) << (n)) | ((v) >> (32 - (n))))
+#define QUARTER(a, b, c, d)                                  \
+    a += b; d ^= a; d = ROTL(d, 16); c += d; b ^= c; b = ROTL(b, 12); \
+    a += b; d ^= a; d = ROTL(d, 8); c += d; b ^= c; b = ROTL(b, 7)
+
+static uint32_t load32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* HChaCha20: the XChaCha20 subkey of key and the nonce's first 16 bytes. */
+static void hchacha20(const unsigned char key[32], const unsigned char nonce[16],
+                      unsigned char subkey[32]) {
+    uint32_t x[16] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
+    for (int i = 0; i < 8; i++) x[4 + i] = load32(key + 4 * i);
+    for (int i = 0; i < 4; i++) x[12 + i] = load32(nonce + 4 * i);
+    for (int round = 0; round < 10; round++) {
+        QUARTER(x[0], x[4], x[8], x[12]);
+        QUARTER(x[1], x[5], x[9], x[13]);
+        QUARTER(x[2], x[6], x[10], x[14]);
+        QUARTER(x[3], x[7], x[11], x[15]);
+        QUARTER(x[0], x[5], x[10], x[15]);
+        QUARTER(x[1], x[6], x[11], x[12]);
+        QUARTER(x[2], x[7], x[8], x[13]);
+        QUARTER(x[3], x[4], x[9], x[14]);
+    }
+    static const int words[8] = {0, 1, 2, 3, 12, 13, 14, 15};
+    for (int i = 0; i < 8; i++) {
+        uint32_t w = x[words[i]];
+        subkey[4 * i] = (unsigned char)w;
+        subkey[4 * i + 1] = (unsigned char)(w >> 8);
+        subkey[4 * i + 2] = (unsigned char)(w >> 16);
+        subkey[4 * i + 3] = (unsigned char)(w >> 24);
+    }
+}
+
+/* The key and IV for one packet: the 4-byte counter leads the nonce (12 bytes for AES-GCM,
+ * 24 for XChaCha20), zeros fill the rest. */
+static void packet_key(const member_t *m, const unsigned char counter[4], const unsigned char **key,
+                       unsigned char subkey[32], unsigned char iv[12]) {
+    memset(iv, 0, 12);
+    if (m->mode == 'a') {
+        memcpy(iv, counter, 4);
+        *key = NULL;
+        return;
+    }
+    unsigned char head[16] = {0};
+    memcpy(head, counter, 4);
+    hchacha20(m->key, head, subkey);
+    *key = subkey;
+}
+
+/* One RTP packet in the rtpsize layout: 12-byte header as AAD, ciphertext, 16-byte tag,
+ * 4-byte big-endian nonce counter. */
+static int seal_packet(member_t *m, const unsigned char *plain, int plain_len, unsigned char *out) {
+    out[0] = 0x80;
+    out[1] = 0x78;
+    uint16_t sequence = htons(m->sequence++);
+    uint32_t timestamp = htonl(m->timestamp);
+    uint32_t ssrc = htonl(m->ssrc);
+    m->timestamp += 960;
+    memcpy(out + 2, &sequence, 2);
+    memcpy(out + 4, &timestamp, 4);
+    memcpy(out + 8, &ssrc, 4);
+    unsigned char iv[12], subkey[32];
+    const unsigned char *key;
+    uint32_t nonce = htonl(m->nonce++);
+    packet_key(m, (const unsigned char *)&nonce, &key, subkey, iv);
+    int n, tail;
+    EVP_EncryptInit_ex(m->seal_ctx, NULL, NULL, key, iv);
+    EVP_EncryptUpdate(m->seal_ctx, NULL, &n, out, 12);
+    EVP_EncryptUpdate(m->seal_ctx, out + 12, &n, plain, plain_len);
+    EVP_EncryptFinal_ex(m->seal_ctx, out + 12 + n, &tail);
+    EVP_CIPHER_CTX_ctrl(m->seal_ctx, EVP_CTRL_GCM_GET_TAG, 16, out + 12 + plain_len);
+    memcpy(out + 12 + plain_len + 16, &nonce, 4);
+    return 12 + plain_len + 16 + 4;
+}
+
+/* Bytes left in clear by the rtpsize modes: fixed header, CSRCs, extension header. */
+static int clear_size(const unsigned char *p, int len) {
+    if (len < 12 || (p[0] >> 6) != 2) return -1;
+    int size = 12 + 4 * (p[0] & 0x0f);
+    if (p[0] & 0x10) size += 4;
+    return size <= len ? size : -1;
+}
+
+static int open_packet(member_t *m, const unsigned char *p, int len, unsigned char *plain) {
+    int clear = clear_size(p, len);
+    if (clear < 0) return -1;
+    int sealed = len - clear - 4 - 16;
+    if (sealed < 0) return -1;
+    unsigned char iv[12], subkey[32];
+    const unsigned char *key;
+    packet_key(m, p + len - 4, &key, subkey, iv);
+    int out, tail;
+    EVP_DecryptInit_ex(m->open_ctx, NULL, NULL, key, iv);
+    EVP_DecryptUpdate(m->open_ctx, NULL, &out, p, clear);
+    EVP_DecryptUpdate(m->open_ctx, plain, &out, p + clear, sealed);
+    EVP_CIPHER_CTX_ctrl(m->open_ctx, EVP_CTRL_GCM_SET_TAG, 16, (void *)(p + clear + sealed));
+    if (EVP_DecryptFinal_ex(m->open_ctx, plain + out, &tail) <= 0) return -1;
+    /* A voxgate relay may carry a header extension in front of the payload. */
+    if (p[0] & 0x10) {
+        int words = (p[clear - 2] << 8) | p[clear - 1];
+        if (4 * words > sealed) return -1;
+        memmove(plain, plain + 4 * words, (size_t)(sealed - 4 * words));
+        sealed -= 4 * words;
+    }
+    return sealed;
+}
+
+static void record_latency(int64_t ns) {
+    if (latency_count == latency_capacity) {
+        latency_capacity = latency_capacity ? 2 * latency_capacity : 1 << 16;
+        latencies = realloc(latencies, latency_capacity * sizeof *latencies);
+        if (!latencies) { perror("realloc"); exit(1); }
+    }
+    latencies[latency_count++] = ns;
+}
+
+static unsigned char buffers[BATCH][MAX_PACKET];
+static char controls[BATCH][CMSG_SPACE(sizeof(struct timespec))];
+static struct iovec iovecs[BATCH];
+static struct mmsghdr messages[BATCH];
+
+static void receive(member_t *m) {
+    unsigned char plain[MAX_PACKET];
+    for (;;) {
+        for (int i = 0; i < BATCH; i++) {
+            messages[i].msg_hdr.msg_control = controls[i];
+            messages[i].msg_hdr.msg_controllen = sizeof controls[i];
+        }
+        int count = recvmmsg(m->fd, messages, BATCH, MSG_DONTWAIT, NULL);
+        if (count <= 0) return;
+        for (int i = 0; i < count; i++) {
+            const unsigned char *p = buffers[i];
+            int len = (int)messages[i].msg_len;
+            /* IP discovery answers and keep-alives are not RTP; RTCP is not ours. */
+            if (len < 12 || (p[0] >> 6) != 2 || (p[1] >= 200 && p[1] <= 204)) continue;
+            int plain_len = open_packet(m, p, len, plain);
+            if (plain_len < 12) {
+                if (measuring) bad++;
+                continue;
+            }
+            if (!measuring) continue;
+            received++;
+            int64_t sent_ns;
+            memcpy(&sent_ns, plain, 8);
+            struct cmsghdr *cmsg = CMSG_FIRSTHDR(&messages[i].msg_hdr);
+            for (; cmsg; cmsg = CMSG_NXTHDR(&messages[i].msg_hdr, cmsg)) {
+                if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_TIMESTAMPNS) {
+                    struct timespec arrived;
+                    memcpy(&arrived, CMSG_DATA(cmsg), sizeof arrived);
+                    record_latency((int64_t)arrived.tv_sec * 1000000000LL + arrived.tv_nsec -
+                                   sent_ns);
+                }
+            }
+        }
+        if (count < BATCH) return;
+    }
+}
+
+static int compare(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile_ms(double p) {
+    if (!latency_count) return 0;
+    size_t index = (size_t)(p * (double)(latency_count - 1));
+    return (double)latencies[index] / 1e6;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s MEMBERS_FILE WARMUP_S SECONDS\n", argv[0]);
+        return 2;
+    }
+    if (load_members(argv[1])) return 1;
+    double warmup_s = atof(argv[2]), seconds = atof(argv[3]);
+    for (int i = 0; i < BATCH; i++) {
+        iovecs[i].iov_base = buffers[i];
+        iovecs[i].iov_len = MAX_PACKET;
+        messages[i].msg_hdr.msg_iov = &iovecs[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+    }
+    int epoll = epoll_create1(0);
+    int on = 1, buffer = 1 << 20;
+    for (int i = 0; i < member_count; i++) {
+        setsockopt(members[i].fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
+        setsockopt(members[i].fd, SOL_SOCKET, SO_RCVBUF, &buffer, sizeof buffer);
+        struct epoll_event event = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        if (epoll_ctl(epoll, EPOLL_CTL_ADD, members[i].fd, &event)) {
+            perror("epoll_ctl");
+            return 1;
+        }
+    }
+    int timer = timerfd_create(CLOCK_MONOTONIC, 0);
+    struct epoll_event timer_event = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+    epoll_ctl(epoll, EPOLL_CTL_ADD, timer, &timer_event);
+
+    /* Phases: speaker k of S sends at start + k * 20 ms / S + n * 20 ms. */
+    int64_t start = now_ns(CLOCK_MONOTONIC) + 10000000LL;
+    int64_t warmup_end = start + (int64_t)(warmup_s * 1e9);
+    int64_t measure_start = warmup_end + 300000000LL;
+    int64_t measure_end = measure_start + (int64_t)(seconds * 1e9);
+    int64_t drain_end = measure_end + 300000000LL;
+    int64_t step = speaker_count ? FRAME_NS / speaker_count : FRAME_NS;
+    long long tick = 0; /* index of the next send over all speakers */
+    uint32_t random_state = 7;
+    unsigned char plain[MAX_PACKET], packet[MAX_PACKET];
+    struct epoll_event events[256];
+    int announced = 0;
+
+    for (;;) {
+        int64_t now = now_ns(CLOCK_MONOTONIC);
+        if (now >= drain_end) break;
+        /* Told as they pass, so the bench samples the relay's CPU over this window alone. */
+        if (announced == 0 && now >= measure_start) {
+            printf("measure\n");
+            fflush(stdout);
+            announced = 1;
+        }
+        if (announced == 1 && now >= measure_end) {
+            printf("end\n");
+            fflush(stdout);
+            announced = 2;
+        }
+        measuring = now >= measure_start && now < drain_end;
+        int sending = now < warmup_end || (now >= measure_start && now < measure_end);
+        /* Send everything due, then sleep until the next send or a packet. */
+        while (speaker_count) {
+            int64_t due = start + tick * step;
+            if (due > now) break;
+            if (sending) {
+                member_t *m = &members[speakers[tick % speaker_count]];
+                random_state = random_state * 1103515245u + 12345u;
+                int size = 60 + (int)((random_state >> 16) % 101);
+                memset(plain, 0x55, (size_t)size);
+                int64_t stamp = now_ns(CLOCK_REALTIME);
+                memcpy(plain, &stamp, 8);
+                memcpy(plain + 8, &m->ssrc, 4);
+                int len = seal_packet(m, plain, size, packet);
+                if (send(m->fd, packet, (size_t)len, 0) == len && now >= measure_start) {
+                    sent++;
+                    expected += (unsigned long long)(channel_size[m->channel] - 1);
+                }
+            }
+            tick++;
+        }
+        int64_t next = speaker_count ? start + tick * step : drain_end;
+        if (next > drain_end) next = drain_end;
+        struct itimerspec when = {.it_value = {.tv_sec = next / 1000000000LL,
+                                               .tv_nsec = next % 1000000000LL}};
+        timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
+        int ready = epoll_wait(epoll, events, 256, -1);
+        if (ready < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
+        for (int i = 0; i < ready; i++) {
+            uint32_t index = events[i].data.u32;
+            if (index == UINT32_MAX) {
+                uint64_t expirations;
+                if (read(timer, &expirations, sizeof expirations) < 0) continue;
+                continue;
+            }
+            receive(&members[index]);
+        }
+    }
+    qsort(latencies, latency_count, sizeof *latencies, compare);
+    printf("{\"sent\": %llu, \"expected\": %llu, \"received\": %llu, \"bad\": %llu, "
+           "\"latency_samples\": %zu, \"latency_p50_ms\": %.3f, \"latency_p99_ms\": %.3f, "
+           "\"latency_max_ms\": %.3f, \"seconds\": %.3f}\n",
+           sent, expected, received, bad, latency_count, percentile_ms(0.5), percentile_ms(0.99),
+           percentile_ms(1.0), seconds);
+    return 0;
+}
