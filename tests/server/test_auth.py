@@ -79,3 +79,39 @@ def test_unsigned_token_is_refused() -> None:
 def test_short_secret_is_rejected() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         TokenAuthority(b"short")
+
+
+def test_endpoint_claim_round_trips() -> None:
+    authority = TokenAuthority(SECRET)
+    token, grant = authority.mint("g", "c", "u", "s", endpoint="10.0.0.1:8444")
+    assert grant.endpoint == "10.0.0.1:8444"
+    assert authority.verify(token) == grant
+    assert authority.endpoint_of(token) == "10.0.0.1:8444"
+
+
+def test_token_without_an_endpoint_claim_still_verifies_for_any_node() -> None:
+    # What `voxgate token` and third-party minting services made before the claim existed.
+    token = jwt.encode(
+        {"sub": "u", "guild_id": "g", "channel_id": "c", "session_id": "s", "exp": 2**40},
+        SECRET,
+        algorithm="HS256",
+    )
+    authority = TokenAuthority(SECRET)
+    assert authority.verify(token) == VoiceGrant("g", "c", "u", "s", None)
+    assert authority.endpoint_of(token) is None
+
+
+def test_endpoint_claim_is_read_from_an_expired_token_for_resume() -> None:
+    authority = TokenAuthority(SECRET, ttl_s=60)
+    token, _ = authority.mint("g", "c", "u", endpoint="h:1", now=time.time() - 3600)
+    with pytest.raises(InvalidToken, match="expired"):
+        authority.verify(token)
+    assert authority.endpoint_of(token) == "h:1"
+    assert TokenAuthority(b"x" * 32).endpoint_of(token) is None
+
+
+def test_endpoint_claim_of_the_wrong_type_is_refused() -> None:
+    claims = {"sub": "u", "guild_id": "g", "channel_id": "c", "session_id": "s"}
+    token = jwt.encode({**claims, "endpoint": 8443, "exp": 2**40}, SECRET, algorithm="HS256")
+    with pytest.raises(InvalidToken, match="endpoint"):
+        TokenAuthority(SECRET).verify(token)

@@ -3,7 +3,9 @@
 A token binds one user's one voice session to one guild and channel, is signed with the
 node's secret (HS256, shared with whatever mints tokens, LiveKit-style) and expires a few
 minutes after minting: it is a ticket to *start* a session, not to keep one. The server
-checks the grant against Identify's ``server_id``, ``user_id`` and ``session_id``.
+checks the grant against Identify's ``server_id``, ``user_id`` and ``session_id``. A token
+minted by a multi-worker node also names the one gateway (``endpoint``) its holder must use,
+so that every member of a channel lands on the worker that hosts it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class VoiceGrant:
     channel_id: str
     user_id: str
     session_id: str
+    #: ``host:port`` of the only gateway that accepts the token; None: any node sharing the
+    #: secret (``voxgate token``, a third-party minting service).
+    endpoint: str | None = None
 
 
 def new_session_id() -> str:
@@ -63,14 +68,20 @@ class TokenAuthority:
         user_id: str,
         session_id: str | None = None,
         *,
+        endpoint: str | None = None,
         now: float | None = None,
     ) -> tuple[str, VoiceGrant]:
-        """Return a signed token and the grant it carries; a session id is made when absent."""
+        """Return a signed token and the grant it carries; a session id is made when absent.
+
+        ``endpoint`` (``host:port``) binds the token to one gateway: any other node refuses it.
+        """
         ids = {"guild_id": guild_id, "channel_id": channel_id, "user_id": user_id}
         for name, value in ids.items():
             if not value:
                 raise ValueError(f"{name} must not be empty")
-        grant = VoiceGrant(guild_id, channel_id, user_id, session_id or new_session_id())
+        if endpoint is not None and not endpoint:
+            raise ValueError("endpoint must not be empty")
+        grant = VoiceGrant(guild_id, channel_id, user_id, session_id or new_session_id(), endpoint)
         issued = time.time() if now is None else now
         claims = {
             "sub": grant.user_id,
@@ -80,6 +91,8 @@ class TokenAuthority:
             "iat": int(issued),
             "exp": int(issued + self.ttl_s),
         }
+        if endpoint is not None:
+            claims["endpoint"] = endpoint
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), grant
 
     def verify(self, token: str, *, now: float | None = None) -> VoiceGrant:
@@ -115,4 +128,22 @@ class TokenAuthority:
             if not isinstance(value, str) or not value:
                 raise InvalidToken(f"token lacks {field}")
             fields[field] = value
-        return VoiceGrant(**fields)
+        endpoint = claims.get("endpoint")
+        if endpoint is not None and (not isinstance(endpoint, str) or not endpoint):
+            raise InvalidToken("token endpoint invalid")
+        return VoiceGrant(**fields, endpoint=endpoint)
+
+    def endpoint_of(self, token: str) -> str | None:
+        """The endpoint claim of a token signed with this secret, expired or not.
+
+        Resume presents the token that opened the session, which may have expired since;
+        None when the token is not ours, is malformed, or carries no claim.
+        """
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=[ALGORITHM], options={"verify_exp": False}
+            )
+        except jwt.PyJWTError:
+            return None
+        endpoint = claims.get("endpoint")
+        return endpoint if isinstance(endpoint, str) and endpoint else None

@@ -63,6 +63,10 @@ def _no_socket(packet: bytes, address: tuple[str, int]) -> None:
     return None
 
 
+def _another_node(endpoint: str) -> str:
+    return f"authentication failed: token is for another node ({endpoint[:64]})"
+
+
 class Router:
     """Every session and channel of one node."""
 
@@ -87,6 +91,9 @@ class Router:
             connection.close(
                 CloseCode.AUTHENTICATION_FAILED, f"authentication failed: {exc.reason}"
             )
+            return
+        if grant.endpoint is not None and grant.endpoint != self.config.endpoint:
+            connection.close(CloseCode.AUTHENTICATION_FAILED, _another_node(grant.endpoint))
             return
         if (grant.guild_id, grant.user_id, grant.session_id) != (
             message.server_id,
@@ -144,6 +151,12 @@ class Router:
         channel.members.append(session)
 
     def resume(self, connection: GatewayConnection, message: Resume, now: float) -> None:
+        # Checked before the session lookup: a client resuming at the wrong worker is told
+        # where it belongs (4004) rather than that its session is gone (4006, re-identify).
+        claimed = self.authority.endpoint_of(message.token)
+        if claimed is not None and claimed != self.config.endpoint:
+            connection.close(CloseCode.AUTHENTICATION_FAILED, _another_node(claimed))
+            return
         session = self.sessions.get(message.session_id)
         if session is None or session.guild_id != message.server_id:
             connection.close(CloseCode.SESSION_NO_LONGER_VALID, "session no longer valid")
