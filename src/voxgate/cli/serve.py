@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -17,10 +18,16 @@ from voxgate.server import datadir
 from voxgate.server.auth import DEFAULT_TTL_S, TokenAuthority
 from voxgate.server.config import DEFAULT_HEARTBEAT_INTERVAL_MS, ServerConfig
 
+if TYPE_CHECKING:
+    from voxgate.server.workers import WorkerSpec
+
 log = logging.getLogger("voxgate.serve")
 
 DEFAULT_PORT = 8443
 DEFAULT_ADMIN_PORT = 8444
+#: Kept in step with ``voxgate.server.workers.MAX_WORKERS`` (not imported: `voxgate token`
+#: must stay light).
+MAX_WORKERS = 64
 
 
 def _fail(message: str) -> typer.Exit:
@@ -59,14 +66,6 @@ def _self_command() -> str:
     return f"{shlex.quote(sys.executable)} -m voxgate"
 
 
-def _install_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 async def _serve(
     config: ServerConfig,
     authority: TokenAuthority,
@@ -102,31 +101,135 @@ async def _serve(
     admin_url = f"http://{admin_host}:{bound[0][1] if bound else admin_port}"
     datadir.write_node_file(data_dir, endpoint, admin_url)
 
-    scheme = "ws" if config.ssl_context is None else "wss"
-    join = (
-        f"{_self_command()} token --data-dir {shlex.quote(str(data_dir))} "
-        "--guild 1 --channel 1 --user 1"
-    )
-    trust = f"ca={ca_path}" if ca_path is not None else "ca=(your certificate's issuer)"
-    if config.ssl_context is None:
-        trust = "plain ws (--insecure)"
     typer.echo(
-        f"voxgate ready {scheme}://{endpoint}/?v=8 udp={node.udp_port} {trust} "
-        f"admin={admin_url} join: {join}",
+        _ready_line(
+            "ws" if config.ssl_context is None else "wss",
+            endpoint,
+            node.udp_port,
+            "",
+            _trust_field(config, ca_path),
+            admin_url,
+            _join_hint(data_dir),
+        ),
         color=False,
     )
     sys.stdout.flush()
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await _wait_for_signal()
     finally:
         log.info("shutting down")
         await node.close()
         await runner.cleanup()
+
+
+def _ready_line(
+    scheme: str, endpoint: str, udp_port: int, extra: str, trust: str, admin_url: str, join: str
+) -> str:
+    return (
+        f"voxgate ready {scheme}://{endpoint}/?v=8{extra} udp={udp_port} {trust} "
+        f"admin={admin_url} join: {join}"
+    )
+
+
+def _trust_field(config: ServerConfig, ca_path: Path | None) -> str:
+    if config.ssl_context is None:
+        return "plain ws (--insecure)"
+    return f"ca={ca_path}" if ca_path is not None else "ca=(your certificate's issuer)"
+
+
+def _join_hint(data_dir: Path) -> str:
+    return (
+        f"{_self_command()} token --data-dir {shlex.quote(str(data_dir))} "
+        "--guild 1 --channel 1 --user 1"
+    )
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+
+async def _serve_workers(
+    specs: list[WorkerSpec],
+    config: ServerConfig,
+    authority: TokenAuthority,
+    data_dir: Path,
+    admin_host: str,
+    admin_port: int,
+    ca_path: Path | None,
+) -> None:
+    from aiohttp import web
+
+    from voxgate.server.admin import admin_app
+    from voxgate.server.workers import Supervisor, WorkerStartError
+
+    supervisor = Supervisor(specs, authority)
+    try:
+        await supervisor.start()
+    except WorkerStartError as exc:
+        raise _fail(str(exc)) from None
+    first = supervisor.handles[0]
+    runner = web.AppRunner(
+        admin_app(
+            supervisor,
+            authority,
+            datadir.admin_key(data_dir),
+            first.endpoint,
+            workers=supervisor,
+        ),
+        access_log=None,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, admin_host, admin_port).start()
+    except OSError as exc:
+        await supervisor.close()
+        await runner.cleanup()
+        raise _fail(f"cannot listen on {admin_host}:{admin_port}: {exc.strerror}") from None
+    bound = [address for address in runner.addresses if isinstance(address, tuple)]
+    admin_url = f"http://{admin_host}:{bound[0][1] if bound else admin_port}"
+    endpoints = [handle.endpoint for handle in supervisor.handles]
+    datadir.write_node_file(data_dir, first.endpoint, admin_url, endpoints)
+
+    listed = ", ".join(f"{h.endpoint} udp {h.udp_port}" for h in supervisor.handles)
+    typer.echo(
+        _ready_line(
+            "ws" if config.ssl_context is None else "wss",
+            first.endpoint,
+            first.udp_port,
+            f" (+{len(specs)} workers: {listed})",
+            _trust_field(config, ca_path),
+            admin_url,
+            _join_hint(data_dir),
+        ),
+        color=False,
+    )
+    sys.stdout.flush()
+    try:
+        await _wait_for_signal()
+    finally:
+        log.info("shutting down %d workers", len(specs))
+        await runner.cleanup()
+        await supervisor.close()
+
+
+def _admin_port(admin_port: int | None, port: int, workers: int) -> int:
+    """The admin port asked, or its default: 8444, moved past the workers' gateway ports
+    (``--port + workers``) when several workers would otherwise take it."""
+    if admin_port is None:
+        if workers == 1 or port == 0:
+            return DEFAULT_ADMIN_PORT
+        return port + workers
+    if workers > 1 and port and port <= admin_port < port + workers:
+        raise _fail(
+            f"--admin-port {admin_port} is worker {admin_port - port}'s gateway port "
+            f"(--port {port} + {admin_port - port}); set --admin-port outside "
+            f"{port}-{port + workers - 1}"
+        )
+    return admin_port
 
 
 def serve(
@@ -149,13 +252,31 @@ def serve(
         DEFAULT_HEARTBEAT_INTERVAL_MS, help="Heartbeat interval sent in Hello, ms."
     ),
     admin_host: str = typer.Option("127.0.0.1", help="Admin HTTP address."),
-    admin_port: int = typer.Option(DEFAULT_ADMIN_PORT, help="Admin HTTP port."),
+    admin_port: int | None = typer.Option(
+        None,
+        show_default=False,
+        help=f"Admin HTTP port (default: {DEFAULT_ADMIN_PORT}; with --workers N > 1 and "
+        "--port P: P + N, the first port after the workers' gateway ports).",
+    ),
+    workers: int = typer.Option(
+        1,
+        help=f"Worker processes (1-{MAX_WORKERS}), each a full node: worker i serves the "
+        "gateway on --port + i and media on --udp-port + i (free ports when 0 is asked). "
+        "Each voice channel is placed on one worker; joins minted by the admin API or "
+        "`voxgate token` carry that worker's endpoint.",
+    ),
     secret: str | None = typer.Option(
         None, envvar="VOXGATE_SECRET", show_envvar=True, help="Token signing secret."
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run one voice server node: the wss gateway, the UDP media plane and the admin API."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise _fail(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
+    for name, first in (("--port", port), ("--udp-port", udp_port)):
+        if first and first + workers - 1 > 65535:
+            raise _fail(f"{name} {first} + {workers} workers goes past port 65535")
+    resolved_admin_port = _admin_port(admin_port, port, workers)
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -167,10 +288,13 @@ def serve(
     except OSError as exc:
         raise _fail(f"cannot create data dir {data_dir}: {exc.strerror}") from None
     offered = _parse_modes(modes)
-    authority = TokenAuthority(_secret(data_dir, secret))
+    authority_secret = _secret(data_dir, secret)
+    authority = TokenAuthority(authority_secret)
 
     ca_path: Path | None = None
     ssl_context = None
+    # Kept for workers: an SSLContext cannot cross a process boundary, its files can.
+    tls_files = None
     if insecure:
         if tls_cert or tls_key:
             raise _fail("--insecure and --tls-cert/--tls-key exclude each other")
@@ -179,17 +303,18 @@ def serve(
             raise _fail("--tls-cert and --tls-key go together")
         from voxgate.server.tls import TlsFiles
 
+        tls_files = TlsFiles(tls_cert.absolute(), tls_key.absolute(), None)
         try:
-            ssl_context = TlsFiles(tls_cert, tls_key, None).server_context()
+            ssl_context = tls_files.server_context()
         except (OSError, ValueError) as exc:
             raise _fail(f"cannot load --tls-cert/--tls-key: {exc}") from None
     else:
         from voxgate.server.tls import ensure_self_signed
 
         names = [name for name in (host, public_ip) if name and name not in ("0.0.0.0", "::")]
-        files = ensure_self_signed(data_dir, names)
-        ssl_context = files.server_context()
-        ca_path = files.ca
+        tls_files = ensure_self_signed(data_dir, names)
+        ssl_context = tls_files.server_context()
+        ca_path = tls_files.ca
 
     try:
         config = ServerConfig(
@@ -203,8 +328,18 @@ def serve(
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    _install_uvloop()
-    asyncio.run(_serve(config, authority, data_dir, admin_host, admin_port, ca_path))
+    from voxgate.server.node import install_uvloop
+
+    install_uvloop()
+    if workers == 1:
+        asyncio.run(_serve(config, authority, data_dir, admin_host, resolved_admin_port, ca_path))
+        return
+    from voxgate.server.workers import worker_specs
+
+    specs = worker_specs(workers, config, tls_files, authority_secret, authority.ttl_s, log_level)
+    asyncio.run(
+        _serve_workers(specs, config, authority, data_dir, admin_host, resolved_admin_port, ca_path)
+    )
 
 
 def token(
@@ -216,7 +351,9 @@ def token(
         None, help="The node's data dir (default: ~/.local/share/voxgate)."
     ),
     endpoint: str | None = typer.Option(
-        None, help="host:port of the node (default: where the data dir's node last listened)."
+        None,
+        help="host:port of the node (default: where the data dir's node last listened; "
+        "a node running several workers is asked which worker hosts the channel).",
     ),
     ttl: float = typer.Option(DEFAULT_TTL_S, help="Seconds the token may be used to Identify."),
     secret: str | None = typer.Option(None, envvar="VOXGATE_SECRET", show_envvar=True),
@@ -225,17 +362,77 @@ def token(
     from voxgate.server.admin import join_events
 
     data_dir = (data_dir or datadir.default_data_dir()).expanduser().absolute()
-    if endpoint is None:
-        recorded = datadir.read_node_file(data_dir) or {}
-        endpoint = recorded.get("endpoint", f"127.0.0.1:{DEFAULT_PORT}")
     if ttl <= 0:
         raise _fail("--ttl must be positive")
+    if endpoint is None:
+        recorded = datadir.read_node_file(data_dir) or {}
+        workers = datadir.read_workers(data_dir)
+        if len(workers) > 1:
+            # Only the supervisor knows which worker hosts the channel.
+            if ttl != DEFAULT_TTL_S or secret is not None:
+                raise _fail(
+                    "--ttl and --secret do not apply to a node running several workers "
+                    "(its supervisor mints); pass --endpoint to mint locally"
+                )
+            events = _join_from_supervisor(
+                data_dir,
+                recorded.get("admin_url", ""),
+                len(workers),
+                guild,
+                channel,
+                user,
+                session_id,
+            )
+            typer.echo(json.dumps(events))
+            return
+        endpoint = recorded.get("endpoint", f"127.0.0.1:{DEFAULT_PORT}")
     authority = TokenAuthority(_secret(data_dir, secret), ttl_s=ttl)
     try:
         minted, grant = authority.mint(guild, channel, user, session_id)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(join_events(minted, grant, endpoint)))
+
+
+def _join_from_supervisor(
+    data_dir: Path,
+    admin_url: str,
+    workers: int,
+    guild: str,
+    channel: str,
+    user: str,
+    session_id: str | None,
+) -> dict[str, object]:
+    """The join events as the running supervisor's admin API places and mints them."""
+    import urllib.error
+    import urllib.request
+
+    body = {"guild_id": guild, "channel_id": channel, "user_id": user}
+    if session_id is not None:
+        body["session_id"] = session_id
+    request = urllib.request.Request(
+        f"{admin_url}/v1/voice/join",
+        data=json.dumps(body).encode(),
+        headers={
+            "Authorization": f"Bearer {datadir.admin_key(data_dir)}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            events: dict[str, object] = json.load(response)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        raise _fail(f"the node's admin API at {admin_url} refused the join: {detail}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _fail(
+            f"the node in {data_dir} runs {workers} workers and only its admin API "
+            f"({admin_url or 'not recorded'}) can place a channel, but it did not answer: "
+            f"{reason}"
+        ) from None
+    return events
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,9 @@
 to a bot that joins a voice channel (VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE), so any
 client that can be fed those events can join this node. It is bound to loopback by default
 and guarded by the data dir's admin key, because whoever holds it can join any channel.
+In front of several workers (``voxgate serve --workers N``) the same routes place the
+channel on a worker first, mint a token bound to that worker's endpoint, and sum the
+workers' reports.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -40,6 +44,18 @@ class NodeView(Protocol):
     def media_silent_count(self) -> int: ...
 
 
+class WorkersView(NodeView, Protocol):
+    """What the admin listener reads from a supervisor of worker processes."""
+
+    async def refresh(self) -> None: ...
+
+    def place(self, guild_id: str, channel_id: str, now: float) -> str: ...
+
+    def workers(self) -> list[dict[str, Any]]: ...
+
+    def workers_alive(self) -> int: ...
+
+
 class JoinRequest(msgspec.Struct, forbid_unknown_fields=True):
     guild_id: str
     channel_id: str
@@ -63,11 +79,16 @@ def join_events(token: str, grant: VoiceGrant, endpoint: str) -> dict[str, dict[
 class _NodeCollector(Collector):
     """Reads the node's plain integer counters at scrape time, so the hot path pays nothing."""
 
-    def __init__(self, node: NodeView) -> None:
+    def __init__(self, node: NodeView, workers: WorkersView | None = None) -> None:
         self._node = node
+        self._workers = workers
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._node.stats
+        if self._workers is not None:
+            yield GaugeMetricFamily(
+                "voxgate_workers", "Worker processes up", self._workers.workers_alive()
+            )
         yield GaugeMetricFamily(
             "voxgate_sessions", "Voice sessions alive on this node", self._node.session_count()
         )
@@ -101,25 +122,38 @@ class _NodeCollector(Collector):
 
 
 def admin_app(
-    node: NodeView, authority: TokenAuthority, admin_key: str, endpoint: str
+    node: NodeView,
+    authority: TokenAuthority,
+    admin_key: str,
+    endpoint: str,
+    *,
+    workers: WorkersView | None = None,
 ) -> web.Application:
-    """The aiohttp application of the admin listener."""
+    """The aiohttp application of the admin listener; ``workers`` in front of a supervisor
+    (then ``node`` is the supervisor too, and ``endpoint`` is unused for joins)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_NodeCollector(node))
+    registry.register(_NodeCollector(node, workers))
     expected = f"Bearer {admin_key}".encode()
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "status": "ok",
-                "sessions": node.session_count(),
-                "channels": node.channel_count(),
-                # For soak runs: a task that outlives its session is a leak.
-                "tasks": len(asyncio.all_tasks()),
-            }
-        )
+        if workers is not None:
+            await workers.refresh()
+        health: dict[str, Any] = {
+            "status": "ok",
+            "sessions": node.session_count(),
+            "channels": node.channel_count(),
+            # For soak runs: a task that outlives its session is a leak.
+            "tasks": len(asyncio.all_tasks()),
+        }
+        if workers is not None:
+            health["workers"] = workers.workers()
+            if not all(worker["alive"] for worker in health["workers"]):
+                health["status"] = "degraded"
+        return web.json_response(health)
 
     async def metrics(request: web.Request) -> web.Response:
+        if workers is not None:
+            await workers.refresh()
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -138,14 +172,32 @@ def admin_app(
                 return web.json_response(
                     {"error": f"{name} must be 1-{MAX_ID_LENGTH} characters"}, status=400
                 )
-        token, grant = authority.mint(body.guild_id, body.channel_id, body.user_id, body.session_id)
+        if workers is None:
+            token, grant = authority.mint(
+                body.guild_id, body.channel_id, body.user_id, body.session_id
+            )
+            log.info(
+                "minted a join: guild %s channel %s user %s",
+                grant.guild_id,
+                grant.channel_id,
+                grant.user_id,
+            )
+            return web.json_response(join_events(token, grant, endpoint))
+        # Placed first, with the same clock reading the token's expiry is computed from,
+        # so the placement outlives the token.
+        now = time.time()
+        placed = workers.place(body.guild_id, body.channel_id, now)
+        token, grant = authority.mint(
+            body.guild_id, body.channel_id, body.user_id, body.session_id, endpoint=placed, now=now
+        )
         log.info(
-            "minted a join: guild %s channel %s user %s",
+            "minted a join: guild %s channel %s user %s on %s",
             grant.guild_id,
             grant.channel_id,
             grant.user_id,
+            placed,
         )
-        return web.json_response(join_events(token, grant, endpoint))
+        return web.json_response(join_events(token, grant, placed))
 
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/healthz", healthz)

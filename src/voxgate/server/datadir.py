@@ -50,20 +50,38 @@ def admin_key(data_dir: Path) -> str:
     return _read_or_create(data_dir / ADMIN_KEY_FILE, secrets.token_urlsafe(32))
 
 
-def write_node_file(data_dir: Path, endpoint: str, admin_url: str) -> None:
-    """Record where the running node listens, for ``voxgate token`` and the client CLI."""
+def write_node_file(
+    data_dir: Path, endpoint: str, admin_url: str, workers: list[str] | None = None
+) -> None:
+    """Record where the running node listens, for ``voxgate token`` and the client CLI;
+    ``workers``: the gateway endpoint of each worker process, when it runs several."""
     path = data_dir / NODE_FILE
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"endpoint": endpoint, "admin_url": admin_url}) + "\n")
+    recorded: dict[str, object] = {"endpoint": endpoint, "admin_url": admin_url}
+    if workers is not None:
+        recorded["workers"] = workers
+    temporary.write_text(json.dumps(recorded) + "\n")
     temporary.replace(path)
 
 
-def read_node_file(data_dir: Path) -> dict[str, str] | None:
-    """What :func:`write_node_file` recorded, or None when no node has run from this dir."""
+def _node_file(data_dir: Path) -> dict[str, object] | None:
     try:
         recorded = json.loads((data_dir / NODE_FILE).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    if not isinstance(recorded, dict):
+    return recorded if isinstance(recorded, dict) else None
+
+
+def read_node_file(data_dir: Path) -> dict[str, str] | None:
+    """What :func:`write_node_file` recorded (its text fields), or None when no node has
+    run from this dir."""
+    recorded = _node_file(data_dir)
+    if recorded is None:
         return None
-    return {str(key): str(value) for key, value in recorded.items()}
+    return {str(key): str(value) for key, value in recorded.items() if not isinstance(value, list)}
+
+
+def read_workers(data_dir: Path) -> list[str]:
+    """The workers' endpoints :func:`write_node_file` recorded; empty for a single process."""
+    workers = (_node_file(data_dir) or {}).get("workers")
+    return [str(worker) for worker in workers] if isinstance(workers, list) else []

@@ -29,6 +29,15 @@ EXPIRY_PERIOD_S = 1.0
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 
 
+def install_uvloop() -> None:
+    """Run asyncio on uvloop when it is installed (``voxgate serve`` and its workers)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 class VoiceNode:
     """A running node; :meth:`start` binds, :meth:`close` ends every session and unbinds."""
 

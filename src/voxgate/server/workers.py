@@ -1,0 +1,593 @@
+"""``voxgate serve --workers N``: one :class:`~voxgate.server.node.VoiceNode` per process.
+
+A voice channel lives on exactly one worker, so fan-out never crosses processes (DESIGN.md,
+"Scaling out"). The supervisor (the parent process) owns the admin listener and the
+:class:`Placement` of channels onto workers; each worker is a full node with its own wss and
+UDP ports, started with the ``spawn`` method (never ``fork`` under a running event loop),
+and talks to the supervisor over one :func:`multiprocessing.Pipe`: it reports the ports it
+bound once, then answers status requests (channels occupied, session counts, counters). The
+supervisor reads the pipes with ``loop.add_reader`` so it never blocks, restarts a worker
+that dies on the same ports, and keeps that worker's placements: tokens handed out name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Collection
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from voxgate.server.auth import TokenAuthority
+from voxgate.server.config import ServerConfig
+from voxgate.server.stats import NodeStats
+from voxgate.server.tls import TlsFiles
+
+log = logging.getLogger(__name__)
+
+ChannelKey = tuple[str, str]
+
+MAX_WORKERS = 64
+#: How often the supervisor asks every worker which channels it hosts.
+POLL_PERIOD_S = 5.0
+#: How long a status request may take before the last known status is used instead.
+STATUS_TIMEOUT_S = 2.0
+#: Spawning imports the server anew in each process; slow machines need a while.
+START_TIMEOUT_S = 60.0
+#: A worker that lived this long before dying is restarted at once, not after a back-off.
+STABLE_AFTER_S = 30.0
+RESTART_DELAY_MAX_S = 10.0
+#: How often a worker checks that its supervisor still lives.
+ORPHAN_CHECK_S = 1.0
+
+STATUS = "status"
+STOP = "stop"
+
+
+# --- placement ---------------------------------------------------------------------------
+
+
+class Placement:
+    """Which worker hosts which channel: sticky, least-loaded, released only when unused.
+
+    A placement outlives its last session for as long as a token minted for the channel is
+    still valid, so a token already handed out can never send its holder to a different
+    worker than the channel's other members. Time is a parameter (``now``, wall-clock
+    seconds, as token expiry is), so the rules are tested without sleeping.
+    """
+
+    def __init__(self, workers: int, token_ttl_s: float) -> None:
+        if workers < 1:
+            raise ValueError("at least one worker")
+        self.token_ttl_s = token_ttl_s
+        self._worker_of: dict[ChannelKey, int] = {}
+        self._tokens_until: dict[ChannelKey, float] = {}
+        self.placed = [0] * workers
+
+    def worker_of(self, key: ChannelKey) -> int | None:
+        return self._worker_of.get(key)
+
+    def place(self, key: ChannelKey, now: float, eligible: Collection[int] | None = None) -> int:
+        """The worker of ``key``, placing it on the least-loaded one when new; records that
+        a token for it is minted at ``now``. ``eligible`` limits where a new channel may go
+        (workers that are up); a channel already placed stays where it is."""
+        worker = self._worker_of.get(key)
+        if worker is None:
+            candidates = [
+                index for index in range(len(self.placed)) if eligible is None or index in eligible
+            ] or list(range(len(self.placed)))
+            worker = min(candidates, key=lambda index: (self.placed[index], index))
+            self._worker_of[key] = worker
+            self.placed[worker] += 1
+        self._tokens_until[key] = max(self._tokens_until.get(key, 0.0), now + self.token_ttl_s)
+        return worker
+
+    def observe(
+        self, worker: int, occupied: Collection[ChannelKey], now: float
+    ) -> list[ChannelKey]:
+        """Take a worker's report of the channels that have any session (detached ones
+        included), made no earlier than ``now``; returns the placements released.
+
+        A channel occupied on a worker without a placement (joined with a token that names
+        no endpoint) is adopted there, so later joins follow its members.
+        """
+        occupied = set(occupied)
+        for key in occupied:
+            if key not in self._worker_of:
+                self._worker_of[key] = worker
+                self._tokens_until[key] = now
+                self.placed[worker] += 1
+        released = [
+            key
+            for key, placed_on in self._worker_of.items()
+            if placed_on == worker and key not in occupied and now >= self._tokens_until[key]
+        ]
+        for key in released:
+            del self._worker_of[key]
+            del self._tokens_until[key]
+            self.placed[worker] -= 1
+        return released
+
+
+# --- the pipe ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs, picklable: SSL contexts are not, so the TLS file
+    paths travel and each worker loads them itself."""
+
+    index: int
+    config: ServerConfig
+    tls: TlsFiles | None
+    secret: bytes
+    token_ttl_s: float
+    log_level: str
+    supervisor_pid: int
+
+
+@dataclass(frozen=True)
+class WorkerStarted:
+    endpoint: str
+    port: int
+    udp_port: int
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    channels: tuple[ChannelKey, ...]
+    sessions: int
+    media_silent: int
+    counters: dict[str, int]
+    dropped: dict[str, int]
+
+
+def _status_of(node: Any) -> WorkerStatus:
+    stats: NodeStats = node.stats
+    counters = {
+        name: int(getattr(stats, name)) for name in NodeStats.__slots__ if name != "dropped"
+    }
+    return WorkerStatus(
+        channels=tuple(node.router.channels),
+        sessions=node.session_count(),
+        media_silent=node.media_silent_count(),
+        counters=counters,
+        dropped=dict(stats.dropped),
+    )
+
+
+# --- the worker process ------------------------------------------------------------------
+
+
+def worker_main(spec: WorkerSpec, conn: Connection) -> None:
+    """Entry point of a worker process (the target given to ``spawn``)."""
+    logging.basicConfig(
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker-{spec.index} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Ctrl-C reaches the whole process group; the supervisor decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from voxgate.server.node import install_uvloop
+
+    install_uvloop()
+    sys.exit(asyncio.run(_run_worker(spec, conn)))
+
+
+async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
+    from voxgate.server.node import VoiceNode
+
+    config = spec.config
+    if spec.tls is not None:
+        try:
+            config = dataclasses.replace(config, ssl_context=spec.tls.server_context())
+        except (OSError, ValueError) as exc:
+            conn.send(WorkerFailed(f"cannot load the TLS certificate: {exc}"))
+            return 1
+    node = VoiceNode(config, TokenAuthority(spec.secret, ttl_s=spec.token_ttl_s))
+    try:
+        await node.start()
+    except OSError as exc:
+        conn.send(
+            WorkerFailed(
+                f"cannot listen on {config.host}:{config.port} "
+                f"(udp {config.effective_udp_port}): {exc.strerror}"
+            )
+        )
+        return 1
+    conn.send(WorkerStarted(node.endpoint, node.port, node.udp_port))
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_request() -> None:
+        try:
+            while conn.poll():
+                request = conn.recv()
+                if request == STATUS:
+                    conn.send(_status_of(node))
+                elif request == STOP:
+                    stop.set()
+        except (EOFError, OSError):
+            # The supervisor is gone: a worker never outlives it.
+            log.warning("supervisor pipe closed; stopping")
+            loop.remove_reader(conn.fileno())
+            stop.set()
+
+    async def watch_supervisor() -> None:
+        while os.getppid() == spec.supervisor_pid:
+            await asyncio.sleep(ORPHAN_CHECK_S)
+        log.warning("supervisor %d died; stopping", spec.supervisor_pid)
+        stop.set()
+
+    loop.add_reader(conn.fileno(), on_request)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watcher = asyncio.create_task(watch_supervisor())
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        await node.close()
+    return 0
+
+
+# --- the supervisor ----------------------------------------------------------------------
+
+
+class WorkerStartError(Exception):
+    """A worker could not start (its reason is the message)."""
+
+
+class WorkerDown(Exception):
+    """A worker ended before answering a status request."""
+
+
+def _settle(future: asyncio.Future[Any], error: Exception) -> None:
+    """Fail ``future`` unless settled, marking the error seen: nobody may be awaiting it."""
+    if not future.done():
+        future.set_exception(error)
+        future.exception()
+
+
+class WorkerHandle:
+    """The supervisor's side of one worker: its process, pipe and last report."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.index = spec.index
+        self.process: Any = None  # multiprocessing's SpawnProcess
+        self.conn: Connection | None = None
+        self.started_at = 0.0
+        self.alive = False
+        self.endpoint = spec.config.endpoint
+        self.port = spec.config.port
+        self.udp_port = spec.config.effective_udp_port
+        self.status: WorkerStatus | None = None
+        self.pending: deque[asyncio.Future[WorkerStatus]] = deque()
+        self.starting: asyncio.Future[WorkerStarted] | None = None
+        self.failures = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else int(self.process.pid)
+
+
+class Supervisor:
+    """Starts, watches, queries and stops the workers; places channels on them.
+
+    Implements what the admin listener reads from a node (``stats``, ``session_count``...)
+    by summing the workers' last reports.
+    """
+
+    def __init__(self, specs: list[WorkerSpec], authority: TokenAuthority) -> None:
+        self.authority = authority
+        self.handles = [WorkerHandle(spec) for spec in specs]
+        self.placement = Placement(len(specs), authority.ttl_s)
+        self._context = multiprocessing.get_context("spawn")
+        self._running = False
+        self._closing = False
+        self._poller: asyncio.Task[None] | None = None
+        self._restarts: set[asyncio.TimerHandle] = set()
+        # Counters of worker lives that ended, so the summed counters never go backwards.
+        self._retired = NodeStats()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker and wait until each has bound its ports.
+
+        Raises :class:`WorkerStartError` (after stopping the others) when one cannot start.
+        """
+        for handle in self.handles:
+            self._spawn(handle)
+        try:
+            for handle in self.handles:
+                assert handle.starting is not None
+                try:
+                    await asyncio.wait_for(asyncio.shield(handle.starting), START_TIMEOUT_S)
+                except TimeoutError:
+                    raise WorkerStartError(
+                        f"worker {handle.index} did not start within {START_TIMEOUT_S:g} s"
+                    ) from None
+        except BaseException:
+            await self.close()
+            raise
+        self._running = True
+        self._poller = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        """Ask every worker to stop; those that do not within a few seconds are killed."""
+        self._closing = True
+        if self._poller is not None:
+            self._poller.cancel()
+        for timer in self._restarts:
+            timer.cancel()
+        for handle in self.handles:
+            if handle.conn is not None:
+                with contextlib.suppress(OSError):
+                    handle.conn.send(STOP)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        for handle in self.handles:
+            process = handle.process
+            if process is None:
+                continue
+            while process.is_alive() and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+            if process.is_alive():
+                log.warning("worker %d did not stop in time; killing it", handle.index)
+                process.kill()
+            process.join(1.0)
+            self._forget(handle)
+
+    def _spawn(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=worker_main,
+            args=(handle.spec, child_end),
+            name=f"voxgate-worker-{handle.index}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()
+        handle.process, handle.conn = process, parent_end
+        handle.started_at = time.monotonic()
+        handle.starting = loop.create_future()
+        loop.add_reader(parent_end.fileno(), self._on_readable, handle)
+        loop.add_reader(process.sentinel, self._on_exit, handle)
+
+    def _forget(self, handle: WorkerHandle) -> None:
+        """Stop watching ``handle``'s pipe and process (it has ended)."""
+        loop = asyncio.get_running_loop()
+        if handle.conn is not None:
+            loop.remove_reader(handle.conn.fileno())
+            handle.conn.close()
+            handle.conn = None
+        if handle.process is not None:
+            loop.remove_reader(handle.process.sentinel)
+        handle.alive = False
+        while handle.pending:
+            _settle(handle.pending.popleft(), WorkerDown(f"worker {handle.index} is down"))
+
+    def _on_readable(self, handle: WorkerHandle) -> None:
+        conn = handle.conn
+        if conn is None:
+            return
+        try:
+            while conn.poll():
+                self._on_report(handle, conn.recv())
+        except (EOFError, OSError):
+            # The process is ending; its sentinel says when, and _on_exit cleans up.
+            asyncio.get_running_loop().remove_reader(conn.fileno())
+
+    def _on_report(self, handle: WorkerHandle, report: object) -> None:
+        if isinstance(report, WorkerStatus):
+            handle.status = report
+            while handle.pending:
+                future = handle.pending.popleft()
+                if not future.done():
+                    future.set_result(report)
+                    break
+        elif isinstance(report, WorkerStarted):
+            handle.endpoint, handle.port, handle.udp_port = (
+                report.endpoint,
+                report.port,
+                report.udp_port,
+            )
+            # A restart binds the same ports, also when port 0 was asked the first time.
+            handle.spec = dataclasses.replace(
+                handle.spec,
+                config=dataclasses.replace(
+                    handle.spec.config, port=report.port, udp_port=report.udp_port
+                ),
+            )
+            handle.alive = True
+            if handle.starting is not None and not handle.starting.done():
+                handle.starting.set_result(report)
+            if self._running:
+                log.info(
+                    "worker %d restarted (pid %d) on %s", handle.index, handle.pid, report.endpoint
+                )
+        elif isinstance(report, WorkerFailed):
+            if handle.starting is not None:
+                _settle(handle.starting, WorkerStartError(report.reason))
+            if self._running:
+                log.error("worker %d could not restart: %s", handle.index, report.reason)
+
+    def _on_exit(self, handle: WorkerHandle) -> None:
+        process = handle.process
+        self._on_readable(handle)  # a last report may still be in the pipe
+        process.join(0)
+        code = process.exitcode
+        if handle.status is not None:
+            _add_counters(self._retired, handle.status)
+            handle.status = None
+        self._forget(handle)
+        if handle.starting is not None:
+            _settle(
+                handle.starting,
+                WorkerStartError(f"worker {handle.index} exited with code {code} while starting"),
+            )
+        if self._closing or not self._running:
+            return
+        lived = time.monotonic() - handle.started_at
+        handle.failures = 0 if lived >= STABLE_AFTER_S else handle.failures + 1
+        delay = 0.0 if handle.failures == 0 else min(RESTART_DELAY_MAX_S, 0.25 * 2**handle.failures)
+        log.error(
+            "worker %d (pid %s, %s) died with exit code %s after %.0f s; restarting in %.1f s",
+            handle.index,
+            process.pid,
+            handle.endpoint,
+            code,
+            lived,
+            delay,
+        )
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle
+
+        def restart() -> None:
+            self._restarts.discard(timer)
+            if not self._closing:
+                self._spawn(handle)
+
+        timer = loop.call_later(delay, restart)
+        self._restarts.add(timer)
+
+    # --- status --------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_PERIOD_S)
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        """Ask every running worker for its status; release placements no longer needed.
+
+        Workers that do not answer within :data:`STATUS_TIMEOUT_S` keep their last report.
+        """
+        loop = asyncio.get_running_loop()
+        # Taken before asking: each report describes the worker at some time after it.
+        now = time.time()
+        asked: dict[asyncio.Future[WorkerStatus], WorkerHandle] = {}
+        for handle in self.handles:
+            if not handle.alive or handle.conn is None:
+                continue
+            try:
+                handle.conn.send(STATUS)
+            except OSError:
+                continue
+            future: asyncio.Future[WorkerStatus] = loop.create_future()
+            handle.pending.append(future)
+            asked[future] = handle
+        if not asked:
+            return
+        done, _ = await asyncio.wait(asked, timeout=STATUS_TIMEOUT_S)
+        for future in done:
+            if future.exception() is None:
+                handle = asked[future]
+                for key in self.placement.observe(handle.index, future.result().channels, now):
+                    log.debug("channel %s/%s released from worker %d", *key, handle.index)
+
+    def place(self, guild_id: str, channel_id: str, now: float) -> str:
+        """The endpoint of the worker hosting the channel (placing it when new), for a
+        token minted at ``now``."""
+        alive = [handle.index for handle in self.handles if handle.alive]
+        worker = self.placement.place((guild_id, channel_id), now, alive or None)
+        return self.handles[worker].endpoint
+
+    def workers(self) -> list[dict[str, Any]]:
+        """One entry per worker, for ``/healthz``."""
+        return [
+            {
+                "index": handle.index,
+                "pid": handle.pid,
+                "endpoint": handle.endpoint,
+                "udp_port": handle.udp_port,
+                "sessions": handle.status.sessions if handle.status and handle.alive else 0,
+                "channels": len(handle.status.channels) if handle.status and handle.alive else 0,
+                "alive": handle.alive,
+            }
+            for handle in self.handles
+        ]
+
+    # --- what the admin listener reads from a node ---------------------------------------
+
+    @property
+    def stats(self) -> NodeStats:
+        total = NodeStats()
+        _add_counters(total, self._retired)
+        for handle in self.handles:
+            if handle.status is not None:
+                _add_counters(total, handle.status)
+        return total
+
+    def _reports(self) -> list[WorkerStatus]:
+        return [h.status for h in self.handles if h.alive and h.status is not None]
+
+    def session_count(self) -> int:
+        return sum(status.sessions for status in self._reports())
+
+    def channel_count(self) -> int:
+        return sum(len(status.channels) for status in self._reports())
+
+    def media_silent_count(self) -> int:
+        return sum(status.media_silent for status in self._reports())
+
+    def workers_alive(self) -> int:
+        return sum(1 for handle in self.handles if handle.alive)
+
+
+def _add_counters(total: NodeStats, part: NodeStats | WorkerStatus) -> None:
+    if isinstance(part, WorkerStatus):
+        counters, dropped = part.counters, part.dropped
+    else:
+        counters = {n: getattr(part, n) for n in NodeStats.__slots__ if n != "dropped"}
+        dropped = dict(part.dropped)
+    for name, value in counters.items():
+        setattr(total, name, getattr(total, name) + value)
+    total.dropped.update(dropped)
+
+
+def worker_specs(
+    workers: int,
+    config: ServerConfig,
+    tls: TlsFiles | None,
+    secret: bytes,
+    token_ttl_s: float,
+    log_level: str,
+) -> list[WorkerSpec]:
+    """One spec per worker: worker i on gateway port ``port + i`` and UDP port
+    ``udp_port + i`` (any free port for each when the port asked is 0)."""
+    base_udp = config.effective_udp_port
+    return [
+        WorkerSpec(
+            index=index,
+            config=dataclasses.replace(
+                config,
+                port=config.port + index if config.port else 0,
+                udp_port=base_udp + index if base_udp else 0,
+                ssl_context=None,
+            ),
+            tls=tls,
+            secret=secret,
+            token_ttl_s=token_ttl_s,
+            log_level=log_level,
+            supervisor_pid=os.getpid(),
+        )
+        for index in range(workers)
+    ]
