@@ -6,11 +6,31 @@ The placement is tested as a pure object with ``now`` passed in; the rest runs r
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from voxgate.client import VoiceConnection, VoiceConnectionError
 from voxgate.protocol.messages import Identify, Ready, Resume
 from voxgate.protocol.opcodes import CloseCode
 from voxgate.server.auth import TokenAuthority
+from voxgate.server.workers import Placement
 
 OTHER = "127.0.0.1:1"
+TTL = 600.0
 
 
 # --- the endpoint claim on one node ------------------------------------------------------
@@ -56,3 +76,347 @@ async def test_resume_with_a_token_for_another_node_is_refused_with_4004(
     code, reason = await peer.closed()
     assert code == CloseCode.AUTHENTICATION_FAILED
     assert reason == f"authentication failed: token is for another node ({OTHER})"
+
+
+# --- placement ---------------------------------------------------------------------------
+
+
+def test_a_new_channel_goes_to_the_least_loaded_worker_lowest_index_first() -> None:
+    placement = Placement(3, TTL)
+    assert [placement.place(("g", c), now=0) for c in "abcd"] == [0, 1, 2, 0]
+    assert placement.placed == [2, 1, 1]
+
+
+def test_a_placed_channel_sticks_to_its_worker() -> None:
+    placement = Placement(2, TTL)
+    assert placement.place(("g", "a"), now=0) == 0
+    assert placement.place(("g", "b"), now=0) == 1
+    assert [placement.place(("g", "a"), now=t) for t in (1, 2, 3)] == [0, 0, 0]
+    assert placement.placed == [1, 1]
+
+
+def test_a_new_channel_avoids_workers_that_are_down_and_a_placed_one_does_not_move() -> None:
+    placement = Placement(2, TTL)
+    assert placement.place(("g", "a"), now=0) == 0
+    assert placement.place(("g", "b"), now=0, eligible=[1]) == 1
+    assert placement.place(("g", "c"), now=0, eligible=[1]) == 1
+    assert placement.place(("g", "a"), now=0, eligible=[1]) == 0
+
+
+def test_an_empty_channel_is_kept_while_a_token_minted_for_it_is_valid() -> None:
+    placement = Placement(2, TTL)
+    placement.place(("g", "a"), now=100)
+    assert placement.observe(0, [], now=100 + TTL - 1) == []
+    assert placement.worker_of(("g", "a")) == 0
+    # The newest token counts: a second join pushes the release back.
+    placement.place(("g", "a"), now=200)
+    assert placement.observe(0, [], now=100 + TTL) == []
+    assert placement.observe(0, [], now=200 + TTL) == [("g", "a")]
+    assert placement.worker_of(("g", "a")) is None
+    assert placement.placed == [0, 0]
+
+
+def test_an_occupied_channel_is_kept_after_its_tokens_expire() -> None:
+    placement = Placement(2, TTL)
+    placement.place(("g", "a"), now=0)
+    # Detached sessions waiting to resume are in the worker's report too.
+    assert placement.observe(0, [("g", "a")], now=10 * TTL) == []
+    assert placement.worker_of(("g", "a")) == 0
+    assert placement.observe(0, [], now=11 * TTL) == [("g", "a")]
+
+
+def test_a_report_releases_only_its_own_workers_channels() -> None:
+    placement = Placement(2, TTL)
+    placement.place(("g", "a"), now=0)
+    placement.place(("g", "b"), now=0)
+    assert placement.observe(1, [], now=TTL) == [("g", "b")]
+    assert placement.worker_of(("g", "a")) == 0
+
+
+def test_a_released_channel_is_placed_afresh_on_the_least_loaded_worker() -> None:
+    placement = Placement(2, TTL)
+    for channel in "abcd":
+        placement.place(("g", channel), now=0)
+    assert placement.observe(1, [], now=TTL) == [("g", "b"), ("g", "d")]
+    assert placement.placed == [2, 0]
+    assert placement.place(("g", "b"), now=TTL) == 1
+    assert placement.place(("g", "x"), now=TTL) == 1
+
+
+def test_a_channel_joined_without_placement_is_adopted_where_it_is() -> None:
+    # Members who joined with tokens naming no endpoint (voxgate token --endpoint ...).
+    placement = Placement(2, TTL)
+    assert placement.observe(1, [("g", "x")], now=5) == []
+    assert placement.place(("g", "x"), now=6) == 1
+    assert placement.placed == [0, 1]
+
+
+# --- real workers ------------------------------------------------------------------------
+
+
+VOXGATE = [sys.executable, "-m", "voxgate"]
+
+
+def _voxgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*VOXGATE, *args], capture_output=True, text=True, timeout=60)
+
+
+@dataclass
+class Supervised:
+    """A ``voxgate serve --workers N`` process and what its ready line and admin API say."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    admin_url: str
+    ready_line: str
+    log_path: Path
+
+    @property
+    def trust(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.data_dir / "tls" / "ca.pem"))
+
+    def join(self, guild: str, channel: str, user: str) -> dict[str, Any]:
+        key = (self.data_dir / "admin_key").read_text().strip()
+        request = urllib.request.Request(
+            f"{self.admin_url}/v1/voice/join",
+            data=json.dumps({"guild_id": guild, "channel_id": channel, "user_id": user}).encode(),
+            headers={"Authorization": f"Bearer {key}"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            events: dict[str, Any] = json.load(response)
+        return events
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.admin_url}/healthz", timeout=10) as response:
+            health: dict[str, Any] = json.load(response)
+        return health
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _serve_workers(data_dir: Path, workers: int = 2) -> Supervised:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out_path, log_path = data_dir / "stdout", data_dir / "serve.log"
+    ports = ["--port", "0", "--admin-port", "0"]
+    with out_path.open("wb") as out, log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*VOXGATE, "serve", "--workers", str(workers), *ports, "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + 60
+    while not (line := out_path.read_text()).endswith("\n"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"voxgate serve --workers did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    admin = re.search(r" admin=(\S+) ", line)
+    assert admin is not None, line
+    return Supervised(process, data_dir, admin.group(1), line.strip(), log_path)
+
+
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Supervised]:
+    """One two-worker node shared by the tests below, in order; the last one kills a worker."""
+    node = _serve_workers(tmp_path_factory.mktemp("workers"))
+    yield node
+    node.stop()
+
+
+async def _connect(node: Supervised, events: dict[str, Any]) -> VoiceConnection:
+    return await VoiceConnection.connect(
+        events["voice_state"], events["voice_server"], ssl=node.trust
+    )
+
+
+async def _call(node: Supervised, guild: str, channel: str) -> tuple[VoiceConnection, ...]:
+    """Two members of one channel; returns (speaker, listener)."""
+    speaker = await _connect(node, node.join(guild, channel, f"{channel}-speaker"))
+    listener = await _connect(node, node.join(guild, channel, f"{channel}-listener"))
+    return speaker, listener
+
+
+async def _audio_arrives_byte_exact(speaker: VoiceConnection, listener: VoiceConnection) -> None:
+    heard: list[bytes] = []
+    ssrc = speaker.ssrc
+
+    def on_packet(sender: int, header: bytes, payload: bytes) -> None:
+        if sender == ssrc:
+            heard.append(payload)
+
+    listener.add_listener(on_packet)
+    await speaker.set_speaking(True)
+    sent = [os.urandom(60 + n) for n in range(40)]
+    for payload in sent:
+        assert speaker.send_opus(payload)
+        await asyncio.sleep(0.005)
+    async with asyncio.timeout(5):
+        while len(heard) < len(sent):
+            await asyncio.sleep(0.02)
+    listener.remove_listener(on_packet)
+    assert heard == sent
+
+
+def test_ready_line_lists_the_workers_and_the_node_file_records_them(
+    supervised: Supervised,
+) -> None:
+    workers = supervised.health()["workers"]
+    listed = ", ".join(f"{w['endpoint']} udp {w['udp_port']}" for w in workers)
+    assert f"/?v=8 (+2 workers: {listed}) udp=" in supervised.ready_line
+    assert f"admin={supervised.admin_url} join: " in supervised.ready_line
+    recorded = json.loads((supervised.data_dir / "node.json").read_text())
+    assert recorded["workers"] == [w["endpoint"] for w in workers]
+    assert len({w["endpoint"] for w in workers}) == 2
+
+
+async def test_channels_spread_over_workers_and_each_call_relays_byte_exact(
+    supervised: Supervised,
+) -> None:
+    first = supervised.join("g", "first", "probe")["voice_server"]["endpoint"]
+    second = supervised.join("g", "second", "probe")["voice_server"]["endpoint"]
+    assert first != second
+    assert supervised.join("g", "first", "another")["voice_server"]["endpoint"] == first
+    calls = [await _call(supervised, "g", "first"), await _call(supervised, "g", "second")]
+    for (speaker, listener), endpoint in zip(calls, (first, second), strict=True):
+        assert speaker.join.endpoint == listener.join.endpoint == endpoint
+        await _audio_arrives_byte_exact(speaker, listener)
+    health = supervised.health()
+    assert health["sessions"] == 4 and health["channels"] == 2
+    assert [w["sessions"] for w in health["workers"]] == [2, 2]
+    for connection in (*calls[0], *calls[1]):
+        await connection.close()
+
+
+def test_voxgate_token_asks_the_supervisor_where_the_channel_lives(
+    supervised: Supervised,
+) -> None:
+    placed = supervised.join("g", "first", "x")["voice_server"]["endpoint"]
+    done = _voxgate(
+        "token", "--data-dir", str(supervised.data_dir), "--guild", "g", "--channel", "first",
+        "--user", "cli",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = json.loads(done.stdout)
+    assert events["voice_server"]["endpoint"] == placed
+    grant = TokenAuthority((supervised.data_dir / "secret").read_text().strip().encode()).verify(
+        events["voice_server"]["token"]
+    )
+    assert grant.endpoint == placed
+
+
+async def test_a_token_for_one_worker_is_refused_by_the_other_with_4004(
+    supervised: Supervised,
+) -> None:
+    events = supervised.join("g", "first", "wanderer")
+    mine = events["voice_server"]["endpoint"]
+    other = next(w["endpoint"] for w in supervised.health()["workers"] if w["endpoint"] != mine)
+    events["voice_server"]["endpoint"] = other
+    with pytest.raises(VoiceConnectionError) as refused:
+        await _connect(supervised, events)
+    assert refused.value.close_code == CloseCode.AUTHENTICATION_FAILED
+    assert refused.value.reason == f"authentication failed: token is for another node ({mine})"
+
+
+async def test_a_killed_worker_is_restarted_on_its_ports_and_the_other_call_goes_on(
+    supervised: Supervised,
+) -> None:
+    victim_channel, calm_channel = "victim", "calm"
+    victim_endpoint = supervised.join("g", victim_channel, "probe")["voice_server"]["endpoint"]
+    calm = await _call(supervised, "g", calm_channel)
+    assert calm[0].join.endpoint != victim_endpoint
+    doomed = await _call(supervised, "g", victim_channel)
+    before = {w["endpoint"]: w for w in supervised.health()["workers"]}
+    victim = before[victim_endpoint]
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    while True:
+        after = {w["endpoint"]: w for w in supervised.health()["workers"]}
+        if after[victim_endpoint]["alive"] and after[victim_endpoint]["pid"] != victim["pid"]:
+            break
+        assert time.monotonic() < deadline, after
+        await asyncio.sleep(0.2)
+    assert after[victim_endpoint]["udp_port"] == victim["udp_port"]
+    assert "ERROR voxgate.server.workers: worker" in supervised.log_path.read_text()
+
+    # The channel stays placed on the restarted worker, and a fresh join there works.
+    fresh = supervised.join("g", victim_channel, "fresh-speaker")
+    assert fresh["voice_server"]["endpoint"] == victim_endpoint
+    speaker = await _connect(supervised, fresh)
+    listener = await _connect(supervised, supervised.join("g", victim_channel, "fresh-listener"))
+    await _audio_arrives_byte_exact(speaker, listener)
+
+    await _audio_arrives_byte_exact(*calm)
+    assert [(c.resumes, c.reidentifies) for c in calm] == [(0, 0), (0, 0)]
+    for connection in (*calm, *doomed, speaker, listener):
+        await connection.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); its state says it is dead.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pids: list[int], timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if not _gone(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
+    node = _serve_workers(tmp_path / "node")
+    pids = [worker["pid"] for worker in node.health()["workers"]]
+    assert node.stop() == 0
+    assert _wait_gone(pids, timeout=1) == []
+    done = _voxgate(
+        "token", "--data-dir", str(node.data_dir), "--guild", "g", "--channel", "c", "--user", "u"
+    )
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("voxgate: the node in ") and "did not answer" in line
+
+
+def test_workers_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    node = _serve_workers(tmp_path / "node")
+    pids = [worker["pid"] for worker in node.health()["workers"]]
+    node.process.kill()
+    node.process.wait()
+    assert _wait_gone(pids) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "voxgate: --workers must be between 1 and 64, not 0"),
+        (["--workers", "65"], "voxgate: --workers must be between 1 and 64, not 65"),
+        (
+            ["--workers", "3", "--port", "9000", "--admin-port", "9002"],
+            "voxgate: --admin-port 9002 is worker 2's gateway port (--port 9000 + 2); "
+            "set --admin-port outside 9000-9002",
+        ),
+    ],
+)
+def test_bad_worker_settings_are_refused_in_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    done = _voxgate("serve", "--data-dir", str(tmp_path), *args)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [message]
