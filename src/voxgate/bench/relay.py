@@ -23,6 +23,7 @@ import ssl
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from voxgate.protocol.rtp import RtpHeader
 
 BENCH_SOURCES = Path(__file__).resolve().parents[3] / "bench"
 CEILING_SOURCE = BENCH_SOURCES / "ceiling" / "relay.c"
+BARE_RELAY = BENCH_SOURCES / "ceiling" / "bare_relay.py"
 LOADGEN_SOURCE = BENCH_SOURCES / "loadgen" / "loadgen.c"
 #: Seconds of sending before the measured window, so addresses and caches are warm.
 WARMUP_S = 0.5
@@ -235,9 +237,13 @@ class VoxgateRelay(Relay):
 
 
 class CeilingRelay(Relay):
+    """relay.c, or anything run as ``command PORT MEMBERS_FILE`` that does its job."""
+
     name = "ceiling"
 
-    def __init__(self, binary: Path, channels: int, per_channel: int, cpu: int | None) -> None:
+    def __init__(
+        self, command: Sequence[str], channels: int, per_channel: int, cpu: int | None
+    ) -> None:
         self.port = free_port(socket.SOCK_DGRAM)
         folder = Path(tempfile.mkdtemp(prefix="voxgate-ceiling-"))
         self.keys: dict[tuple[int, int], tuple[int, bytes]] = {}
@@ -251,7 +257,7 @@ class CeilingRelay(Relay):
         members_file = folder / "members"
         members_file.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen(
-            [str(binary), str(self.port), str(members_file)],
+            [*command, str(self.port), str(members_file)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -519,6 +525,7 @@ async def run(
     ceiling: bool = True,
     loadgen: Path | None = None,
     loadgen_note: str = "",
+    bare: bool = False,
 ) -> dict[str, Any]:
     """Every scenario of ``voxgate bench relay``; one dict of figures.
 
@@ -581,7 +588,7 @@ async def run(
             result["ceiling_note"] = why
         else:
             steps, best_ceiling = await saturate(
-                lambda channels: CeilingRelay(binary, channels, 10, server_cpu),
+                lambda channels: CeilingRelay([str(binary)], channels, 10, server_cpu),
                 10,
                 2,
                 [AES],
@@ -612,6 +619,22 @@ async def run(
                 )
             if steps and steps[-1].loss <= 0.001:
                 result["ceiling_note"] = "the generator ran out before the C relay lost packets"
+    if bare:
+        command = [sys.executable, str(BARE_RELAY)]
+        steps, best_bare = await saturate(
+            lambda channels: CeilingRelay(command, channels, 10, server_cpu),
+            10,
+            2,
+            [AES],
+            seconds,
+            start,
+            limit,
+            loadgen,
+        )
+        result["bare_python"] = {"steps": [asdict(s) for s in steps]}
+        result["bare_python_pps"] = best_bare.forwarded_pps if best_bare else 0
+        if result["bare_python_pps"]:
+            result["ratio_to_bare_python"] = round(forwarded / result["bare_python_pps"], 3)
     return result
 
 

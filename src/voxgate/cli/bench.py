@@ -56,6 +56,9 @@ def relay(
     seconds: float = typer.Option(3.0, help="Measured seconds per load step."),
     quick: bool = typer.Option(False, help="A few small steps only (a smoke run)."),
     ceiling: bool = typer.Option(True, help="Also measure the C ceiling relay."),
+    bare: bool = typer.Option(
+        False, help="Also measure bench/ceiling/bare_relay.py, the least Python that relays."
+    ),
 ) -> None:
     """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling."""
     from voxgate.bench.relay import build_loadgen, run
@@ -67,7 +70,14 @@ def relay(
         _fast_loop()
         why = f"{why}: the load comes from Python, whose queueing shows in the latencies"
     result = asyncio.run(
-        run(seconds=seconds, quick=quick, ceiling=ceiling, loadgen=loadgen, loadgen_note=why)
+        run(
+            seconds=seconds,
+            quick=quick,
+            ceiling=ceiling,
+            loadgen=loadgen,
+            loadgen_note=why,
+            bare=bare,
+        )
     )
     if as_json:
         typer.echo(json.dumps(result))
@@ -75,22 +85,30 @@ def relay(
     typer.echo(f"machine: {result['machine']}, generator: {result['generator']}")
     if result.get("generator_note"):
         typer.echo(f"note: {result['generator_note']}")
-    for step in result["fanout10"]["steps"]:
-        typer.echo(
-            f"  voxgate {step['channels']:4d} channels x10: {step['forwarded_pps']:8d} pps "
-            f"forwarded, loss {step['loss']:.4f}, cpu {step['server_cpu']:.2f}"
-        )
-    for step in result.get("ceiling", {}).get("steps", []):
-        typer.echo(
-            f"  ceiling {step['channels']:4d} channels x10: {step['forwarded_pps']:8d} pps "
-            f"forwarded, loss {step['loss']:.4f}, cpu {step['server_cpu']:.2f}"
-        )
+    for name, key in (("voxgate", "fanout10"), ("ceiling", "ceiling"), ("bare", "bare_python")):
+        for step in result.get(key, {}).get("steps", []):
+            typer.echo(
+                f"  {name:7} {step['channels']:4d} channels x10: {step['forwarded_pps']:8d} pps "
+                f"forwarded, loss {step['loss']:.4f}, cpu {step['server_cpu']:.2f}, "
+                f"p99 {step['latency_p99_ms']} ms"
+            )
     typer.echo(
         f"saturation: voxgate {result['forwarded_pps']} pps, ceiling {result['ceiling_pps']} "
         f"pps, ratio {result['ratio']}; at half: p50 {result['latency_p50_ms']} ms, "
         f"p99 {result['latency_p99_ms']} ms; {result['cpu_ms_per_1000']} cpu-ms per 1000; "
         f"RSS per session {result['rss_per_session_kb']} KB"
     )
+    if result.get("bare_python_pps"):
+        typer.echo(
+            f"bare Python relay: {result['bare_python_pps']} pps; voxgate is "
+            f"{result['ratio_to_bare_python']} of it"
+        )
+    for name in ("fanout100", "mixed_modes"):
+        step = result[name]
+        typer.echo(
+            f"{name}: {step['members']} members, {step['forwarded_pps']} pps, loss "
+            f"{step['loss']}, p50 {step['latency_p50_ms']} ms, p99 {step['latency_p99_ms']} ms"
+        )
     if result.get("ceiling_note"):
         typer.echo(f"note: {result['ceiling_note']}")
 
