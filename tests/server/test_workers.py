@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -420,3 +421,17 @@ def test_bad_worker_settings_are_refused_in_one_line(
     done = _voxgate("serve", "--data-dir", str(tmp_path), *args)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [message]
+
+
+def test_a_worker_that_cannot_bind_fails_the_start_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _voxgate(
+            "serve", "--data-dir", str(tmp_path), "--workers", "2", "--port", str(port - 1),
+            "--admin-port", "0", "--log-level", "error",
+        )  # fmt: skip
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"voxgate: cannot listen on 127.0.0.1:{port} ")

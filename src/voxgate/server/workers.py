@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from voxgate.errors import VoxgateError
 from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
 from voxgate.server.stats import NodeStats
@@ -41,6 +42,8 @@ MAX_WORKERS = 64
 POLL_PERIOD_S = 5.0
 #: How long a status request may take before the last known status is used instead.
 STATUS_TIMEOUT_S = 2.0
+#: Status requests a worker may leave unanswered before it is no longer asked.
+MAX_PENDING = 4
 #: Spawning imports the server anew in each process; slow machines need a while.
 START_TIMEOUT_S = 60.0
 #: A worker that lived this long before dying is restarted at once, not after a back-off.
@@ -248,11 +251,11 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
 # --- the supervisor ----------------------------------------------------------------------
 
 
-class WorkerStartError(Exception):
+class WorkerStartError(VoxgateError):
     """A worker could not start (its reason is the message)."""
 
 
-class WorkerDown(Exception):
+class WorkerDown(VoxgateError):
     """A worker ended before answering a status request."""
 
 
@@ -485,7 +488,9 @@ class Supervisor:
         now = time.time()
         asked: dict[asyncio.Future[WorkerStatus], WorkerHandle] = {}
         for handle in self.handles:
-            if not handle.alive or handle.conn is None:
+            # A worker that stopped answering is not asked again (its pipe would fill and
+            # block this loop); its last report stands until it answers or dies.
+            if not handle.alive or handle.conn is None or len(handle.pending) >= MAX_PENDING:
                 continue
             try:
                 handle.conn.send(STATUS)
