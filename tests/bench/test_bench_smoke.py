@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voxgate.bench.relay import build_loadgen, run
+from voxgate.bench.relay import build_loadgen, run, run_workers
 
 
 @pytest.mark.parametrize("generator", ["c", "python"])
@@ -29,3 +29,13 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
     assert result["mixed_modes"]["generator"] == generator
     if result["ceiling_pps"] is not None:
         assert result["ceiling"]["steps"][0]["loss"] == 0.0
+
+
+async def test_workers_bench_drives_a_two_worker_node_and_loses_nothing_at_low_rate() -> None:
+    loadgen, why = build_loadgen()
+    if loadgen is None:
+        pytest.skip(why)
+    result = await run_workers((2,), seconds=0.5, quick=True, loadgen=loadgen)
+    steps = result["workers_2"]["steps"]
+    assert [step["loss"] for step in steps] == [0.0] * len(steps)
+    assert result["workers_2"]["forwarded_pps"] == steps[-1]["forwarded_pps"] > 0

@@ -203,15 +203,24 @@ class Relay(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None: ...
 
+    def processes(self) -> list[int]:
+        """The relay's processes, whose CPU and RSS are its own."""
+        return [self.pid]
+
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.processes():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        total = 0
+        for pid in self.processes():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        return total
 
 
 class VoxgateRelay(Relay):
@@ -234,6 +243,26 @@ class VoxgateRelay(Relay):
 
     def stop(self) -> None:
         self.node.stop()
+
+
+class WorkersRelay(VoxgateRelay):
+    """``voxgate serve --workers N``: worker i pinned to core i (mod the machine's cores)."""
+
+    def __init__(self, workers: int) -> None:
+        self.node = start_node("--workers", str(workers))
+        self.pid = self.node.process.pid
+        self.trust = ssl.create_default_context(cafile=str(self.node.ca_path))
+        # One worker is the plain single-process node, which lists no workers.
+        listed = self.node.health().get("workers", [])
+        self.worker_pids = [int(worker["pid"]) for worker in listed]
+        cores = os.cpu_count() or 1
+        if hasattr(os, "sched_setaffinity"):
+            for index, pid in enumerate(self.worker_pids or [self.pid]):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(pid, {index % cores})
+
+    def processes(self) -> list[int]:
+        return [self.pid, *self.worker_pids]
 
 
 class CeilingRelay(Relay):
@@ -635,6 +664,57 @@ async def run(
         result["bare_python_pps"] = best_bare.forwarded_pps if best_bare else 0
         if result["bare_python_pps"]:
             result["ratio_to_bare_python"] = round(forwarded / result["bare_python_pps"], 3)
+    return result
+
+
+async def run_workers(
+    counts: Sequence[int] = (1, 2),
+    seconds: float = 3.0,
+    quick: bool = False,
+    loadgen: Path | None = None,
+) -> dict[str, Any]:
+    """Saturation at fan-out 10 of ``voxgate serve --workers N`` for each N in ``counts``.
+
+    Worker i is pinned to core i; the generator stays on core 1, so on a two-core machine
+    the second worker shares its core with the generator and the scaling shown is what is
+    left of that core, not what a free core would give.
+    """
+    cores = os.cpu_count() or 1
+    pin_generator(1 if cores >= 2 else None)
+    _raise_open_files_limit()
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "seconds_per_step": seconds,
+        "generator": "c" if loadgen else "python",
+        "generator_cpu": 1 if cores >= 2 else None,
+    }
+    by_count: dict[int, Step | None] = {}
+    for count in counts:
+        steps, best = await saturate(
+            lambda channels, count=count: WorkersRelay(count),
+            10,
+            2,
+            [AES],
+            seconds,
+            1 if quick else 8,
+            8 if quick else 1024,
+            loadgen,
+        )
+        by_count[count] = best
+        result[f"workers_{count}"] = {
+            "steps": [asdict(step) for step in steps],
+            "forwarded_pps": best.forwarded_pps if best else 0,
+            "saturation_channels": best.channels if best else 0,
+            "cpu_ms_per_1000": best.cpu_ms_per_1000 if best else None,
+        }
+    first, last = by_count.get(counts[0]), by_count.get(counts[-1])
+    if first and last and first.forwarded_pps:
+        result["scaling"] = round(last.forwarded_pps / first.forwarded_pps, 3)
+    if cores < max(counts) + 1:
+        result["note"] = (
+            f"{cores} cores for {max(counts)} workers and the generator: the workers beyond "
+            "the first share a core with the generator"
+        )
     return result
 
 

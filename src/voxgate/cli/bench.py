@@ -114,6 +114,27 @@ def relay(
 
 
 @bench_app.command()
+def workers(
+    counts: str = typer.Option("1,2", help="Worker counts to compare, comma-separated."),
+    seconds: float = typer.Option(3.0, help="Measured seconds per load step."),
+    quick: bool = typer.Option(False, help="A few small steps only (a smoke run)."),
+) -> None:
+    """Saturation of ``voxgate serve --workers N`` for each N, and the scaling between them."""
+    from voxgate.bench.relay import build_loadgen, run_workers
+
+    try:
+        numbers = [int(part) for part in counts.split(",")]
+    except ValueError:
+        raise typer.BadParameter("--counts takes numbers such as 1,2") from None
+    loadgen, _ = build_loadgen()
+    if loadgen is None:
+        _fast_loop()
+    typer.echo(
+        json.dumps(asyncio.run(run_workers(numbers, seconds=seconds, quick=quick, loadgen=loadgen)))
+    )
+
+
+@bench_app.command()
 def idle(
     sessions: int = typer.Option(1000, help="Members joined and silent."),
     seconds: float = typer.Option(10.0, help="Measured window."),
