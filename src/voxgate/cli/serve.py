@@ -78,7 +78,7 @@ async def _serve(
     from aiohttp import web
 
     from voxgate.server.admin import admin_app
-    from voxgate.server.node import VoiceNode
+    from voxgate.server.node import VoiceNode, freeze_startup_objects
 
     node = VoiceNode(config, authority)
     try:
@@ -100,6 +100,7 @@ async def _serve(
     bound = [address for address in runner.addresses if isinstance(address, tuple)]
     admin_url = f"http://{admin_host}:{bound[0][1] if bound else admin_port}"
     datadir.write_node_file(data_dir, endpoint, admin_url)
+    freeze_startup_objects()
 
     typer.echo(
         _ready_line(

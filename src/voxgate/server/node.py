@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import socket
 
@@ -36,6 +37,19 @@ def install_uvloop() -> None:
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def freeze_startup_objects() -> None:
+    """Take everything alive at start (modules, classes, functions: some 50,000 objects)
+    out of the cyclic collector's sight.
+
+    A full collection walks every tracked object while the event loop stands still, and on
+    a node carrying a thousand members each such pause is a burst of late packets. Frozen,
+    the startup objects (which live as long as the process anyway) stop adding to it; the
+    pause then scales with the sessions alone.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class VoiceNode:

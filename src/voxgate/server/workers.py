@@ -192,7 +192,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
 
 async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
-    from voxgate.server.node import VoiceNode
+    from voxgate.server.node import VoiceNode, freeze_startup_objects
 
     config = spec.config
     if spec.tls is not None:
@@ -212,6 +212,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
             )
         )
         return 1
+    freeze_startup_objects()
     conn.send(WorkerStarted(node.endpoint, node.port, node.udp_port))
 
     loop = asyncio.get_running_loop()
