@@ -249,7 +249,8 @@ class WorkersRelay(VoxgateRelay):
     """``voxgate serve --workers N``: worker i pinned to core i (mod the machine's cores)."""
 
     def __init__(self, workers: int) -> None:
-        self.node = start_node("--workers", str(workers))
+        # Port 0: worker i would take --port + i, which nobody checked is free.
+        self.node = start_node("--workers", str(workers), ports=(0, 0, free_port()))
         self.pid = self.node.process.pid
         self.trust = ssl.create_default_context(cafile=str(self.node.ca_path))
         # One worker is the plain single-process node, which lists no workers.
