@@ -26,7 +26,7 @@ from voxgate.protocol import (
     discovery,
     rtp,
 )
-from voxgate.protocol.crypto import transport_cipher
+from voxgate.protocol.crypto import reframe, transport_cipher
 from voxgate.protocol.messages import (
     OP_OF,
     ClientConnect,
@@ -391,6 +391,49 @@ def test_seal_open_round_trip(
     # the clear part of the header stays readable on the wire: relays route on the ssrc
     assert rtp.ssrc_of(packet) == header.ssrc
     assert rtp.classify(packet) is rtp.DatagramKind.RTP or len(packet) in (8, 74)
+
+
+@SETTINGS
+@given(
+    sender_mode=st.sampled_from(MODES),
+    receiver_mode=st.sampled_from(MODES),
+    secret_key=st.binary(min_size=32, max_size=32),
+    header=media_headers,
+    payload=st.binary(max_size=200),
+)
+def test_a_relayed_packet_opens_at_the_receiver_as_the_sender_sealed_it(
+    sender_mode: str,
+    receiver_mode: str,
+    secret_key: bytes,
+    header: rtp.RtpHeader,
+    payload: bytes,
+) -> None:
+    # The relay's path: open_split in the sender's framing, reframe when the receiver's
+    # differs, seal_split for the receiver; the receiver must read the sender's packet.
+    built = header.build()
+    sender = transport_cipher(sender_mode, secret_key)
+    relay_in = transport_cipher(sender_mode, secret_key)
+    relay_out = transport_cipher(receiver_mode, secret_key[::-1])
+    clear, plaintext = relay_in.open_split(sender.seal(built, payload))
+    assert (clear, plaintext) == relay_in.split(built, payload)
+    if relay_in.rtpsize != relay_out.rtpsize:
+        clear, plaintext = reframe(clear, plaintext, to_rtpsize=relay_out.rtpsize)
+    assert (clear, plaintext) == relay_out.split(built, payload)
+    packet = relay_out.seal_split(clear, plaintext)
+    assert transport_cipher(receiver_mode, secret_key[::-1]).open(packet) == (built, payload)
+
+
+@SETTINGS
+@given(mode=st.sampled_from(MODES), data=st.binary(max_size=120))
+def test_open_split_fails_exactly_where_open_does(mode: str, data: bytes) -> None:
+    cipher = transport_cipher(mode, bytes(range(32)))
+    try:
+        opened = cipher.open(data)
+    except PacketError as exc:
+        with pytest.raises(type(exc)):
+            cipher.open_split(data)
+    else:
+        assert cipher.open_split(data) == cipher.split(*opened)
 
 
 @pytest.mark.parametrize(

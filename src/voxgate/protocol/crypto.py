@@ -70,11 +70,36 @@ def _clear_size(packet: bytes, *, rtpsize: bool) -> int:
     return size
 
 
-def _extension_body_size(header: bytes, clear: int) -> int:
-    """Length of the extension body whose 4-byte header ends the clear part (0 without X)."""
+def _check_extension(header: bytes, clear: int, plaintext: bytes, *, rtpsize: bool) -> int:
+    """Bytes of ``plaintext`` that belong to the header extension (0 without X).
+
+    Raises :class:`PacketError` when the extension claims more than the plaintext holds.
+    """
     if not header[0] & 0x10:
         return 0
-    return 4 * int.from_bytes(header[clear - 2 : clear], "big")
+    if rtpsize:
+        body = 4 * int.from_bytes(header[clear - 2 : clear], "big")
+    else:
+        # Legacy modes encrypt the whole extension, its 4-byte header included.
+        if len(plaintext) < 4:
+            raise PacketError("extension header missing from the plaintext")
+        body = 4 + 4 * int.from_bytes(plaintext[2:4], "big")
+    if len(plaintext) < body:
+        raise PacketError("extension body longer than the plaintext")
+    return body
+
+
+def reframe(clear: bytes, plaintext: bytes, *, to_rtpsize: bool) -> tuple[bytes, bytes]:
+    """A packet split for one framing (:meth:`TransportCipher.split`), split for the other.
+
+    The ``_rtpsize`` modes keep the extension's 4-byte header in clear and the legacy modes
+    encrypt it; nothing else differs, so only a packet with an extension changes.
+    """
+    if not clear[0] & 0x10:
+        return clear, plaintext
+    if to_rtpsize:
+        return clear + plaintext[:4], plaintext[4:]
+    return clear[:-4], clear[-4:] + plaintext
 
 
 class TransportCipher(abc.ABC):
@@ -130,18 +155,23 @@ class TransportCipher(abc.ABC):
         clear = _clear_size(packet, rtpsize=self.rtpsize)
         header = bytes(packet[:clear])
         plaintext = self._open(header, memoryview(packet)[clear:])
-        if self.rtpsize:
-            body = _extension_body_size(header, clear)
-        elif header[0] & 0x10:
-            # Legacy modes encrypt the whole extension, its 4-byte header included.
-            if len(plaintext) < 4:
-                raise PacketError("extension header missing from the plaintext")
-            body = 4 + 4 * int.from_bytes(plaintext[2:4], "big")
-        else:
-            body = 0
-        if len(plaintext) < body:
-            raise PacketError("extension body longer than the plaintext")
+        body = _check_extension(header, clear, plaintext, rtpsize=self.rtpsize)
         return header + plaintext[:body], plaintext[body:]
+
+    def open_split(self, packet: bytes) -> tuple[bytes, bytes]:
+        """:meth:`open`, answered as :meth:`split` would split the opened packet:
+        ``(clear, plaintext)`` in this mode's framing.
+
+        A relay hands these straight to :meth:`seal_split` of every receiver of the same
+        framing (and :func:`reframe` makes them once for the other), instead of joining the
+        header and payload and splitting them again. Raises as :meth:`open` does.
+        """
+        clear = _clear_size(packet, rtpsize=self.rtpsize)
+        header = bytes(packet[:clear])
+        plaintext = self._open(header, memoryview(packet)[clear:])
+        if header[0] & 0x10:
+            _check_extension(header, clear, plaintext, rtpsize=self.rtpsize)
+        return header, plaintext
 
     @abc.abstractmethod
     def _seal(self, clear: bytes, plaintext: bytes) -> bytes: ...
@@ -176,6 +206,19 @@ class Aes256GcmRtpsize(TransportCipher):
             raise DecryptionError("packet shorter than tag and nonce")
         try:
             return self._aead.decrypt(bytes(sealed[-4:]) + _ZEROS_8, sealed[:-4], clear)
+        except InvalidTag:
+            raise DecryptionError("AES-GCM authentication failed") from None
+
+    def open_split(self, packet: bytes) -> tuple[bytes, bytes]:
+        # The relay's per-incoming call, inlined like seal_split: every call level and
+        # copy saved here is paid once per packet the node receives.
+        first = packet[0] if packet else 0
+        clear = 12 + 4 * (first & 0x0F) + (4 if first & 0x10 else 0)
+        if first >> 6 != 2 or len(packet) < clear + TAG_SIZE + 4 or first & 0x10:
+            return super().open_split(packet)  # the general path, with its errors
+        header = bytes(packet[:clear])
+        try:
+            return header, self._aead.decrypt(packet[-4:] + _ZEROS_8, packet[clear:-4], header)
         except InvalidTag:
             raise DecryptionError("AES-GCM authentication failed") from None
 

@@ -21,7 +21,7 @@ WINDOW = 1024
 class ReplayWindow:
     """Accepts each counter once; counters wrap at ``2**bits`` as clients' do."""
 
-    __slots__ = ("_bits", "_half", "_highest", "_mask", "counter_of", "size")
+    __slots__ = ("_bits", "_half", "_highest", "_mask", "_window", "counter_of", "size")
 
     def __init__(
         self, size: int = WINDOW, bits: int = 32, counter_of: Callable[[bytes], int] | None = None
@@ -31,6 +31,7 @@ class ReplayWindow:
         self.counter_of = counter_of or _nonce_suffix
         self._mask = (1 << bits) - 1
         self._half = 1 << (bits - 1)
+        self._window = (1 << size) - 1
         self._highest: int | None = None
         self._bits = 0  # bit i set: counter (highest - i) seen
 
@@ -47,7 +48,7 @@ class ReplayWindow:
             return True
         ahead = (counter - highest) & self._mask
         if ahead and ahead < self._half:
-            self._bits = ((self._bits << ahead) | 1) & ((1 << self.size) - 1)
+            self._bits = ((self._bits << ahead) | 1) & self._window
             self._highest = counter
             return True
         behind = (highest - counter) & self._mask

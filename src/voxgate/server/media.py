@@ -69,7 +69,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
                 stats.dropped["not_described"] += 1
                 return
             try:
-                header, payload = cipher.open(data)
+                clear, plaintext = cipher.open_split(data)
             except DecryptionError:
                 stats.dropped["decrypt_failed"] += 1
                 return
@@ -88,7 +88,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             session.last_media_at = now
             if session.address != addr:
                 self.router.move(session, addr)
-            self.router.forward(session, header, payload)
+            self.router.forward(session, clear, plaintext, cipher.rtpsize)
         elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
             self._discovery(data, addr)
         elif size == _KEEPALIVE_SIZE:

@@ -19,7 +19,7 @@ import secrets
 from collections.abc import Callable
 from time import monotonic
 
-from voxgate.protocol.crypto import transport_cipher
+from voxgate.protocol.crypto import reframe, transport_cipher
 from voxgate.protocol.messages import (
     ClientDisconnect,
     ClientsConnect,
@@ -317,30 +317,29 @@ class Router:
 
     # --- media ---------------------------------------------------------------------------
 
-    def forward(self, sender: VoiceSession, header: bytes, payload: bytes) -> None:
-        """Seal ``header`` + ``payload`` for every other described member and send it.
+    def forward(self, sender: VoiceSession, clear: bytes, plaintext: bytes, rtpsize: bool) -> None:
+        """Seal a packet of ``sender`` for every other described member and send it.
 
-        The hot path: no allocation beyond each sealed packet, no logging, no awaits.
+        ``clear`` and ``plaintext`` are the packet as the sender's framing splits it
+        (``rtpsize``), as :meth:`TransportCipher.open_split` returns it. The hot path: no
+        allocation beyond each sealed packet, no logging, no awaits.
         """
         sendto = self.sendto
         sent = sent_bytes = 0
-        # The packet is split into clear and encrypted parts once per framing (rtpsize or
-        # legacy), not once per receiver: a channel has at most two framings.
-        rtpsize_parts: tuple[bytes, bytes] | None = None
-        legacy_parts: tuple[bytes, bytes] | None = None
+        # A channel has at most two framings (rtpsize and legacy): the packet is split for
+        # the sender's already, and reframed at most once for the other.
+        other: tuple[bytes, bytes] | None = None
         for receiver in sender.channel.members:
             cipher = receiver.cipher
             address = receiver.address
             if receiver is sender or cipher is None or address is None:
                 continue
-            if cipher.rtpsize:
-                if rtpsize_parts is None:
-                    rtpsize_parts = cipher.split(header, payload)
-                packet = cipher.seal_split(*rtpsize_parts)
+            if cipher.rtpsize == rtpsize:
+                packet = cipher.seal_split(clear, plaintext)
             else:
-                if legacy_parts is None:
-                    legacy_parts = cipher.split(header, payload)
-                packet = cipher.seal_split(*legacy_parts)
+                if other is None:
+                    other = reframe(clear, plaintext, to_rtpsize=cipher.rtpsize)
+                packet = cipher.seal_split(*other)
             sendto(packet, address)
             sent += 1
             sent_bytes += len(packet)
