@@ -107,3 +107,47 @@ def test_a_users_tracks_from_two_sessions_are_joined_in_one_wav(tmp_path) -> Non
     with wave.open(str(written["alice"])) as wav:
         frames = wav.readframes(wav.getnframes())
     assert frames == b"\x01\x00" * 4 + b"\x02\x00" * 4
+
+
+class _RecordingConnection:
+    """What a player needs of a VoiceConnection: Speaking and send_opus, recorded in order."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import time
+
+        self.closed = asyncio.Event()
+        self.sent: list[tuple[str, object, float]] = []
+        self._clock = time.monotonic
+
+    async def set_speaking(self, speaking: object = True) -> None:
+        self.sent.append(("speaking", speaking, self._clock()))
+
+    def send_opus(self, opus: bytes) -> bool:
+        self.sent.append(("opus", opus, self._clock()))
+        return True
+
+
+async def test_players_started_together_share_one_pacer_in_different_phases() -> None:
+    import asyncio
+
+    from voxgate.client.player import PHASE_SLOTS, SILENCE_FRAMES, AudioPlayer, _pacers
+    from voxgate.protocol.rtp import SILENCE_FRAME
+
+    connections = [_RecordingConnection() for _ in range(PHASE_SLOTS)]
+    players = [AudioPlayer(c, [bytes([n]) * 3 for n in range(5)]) for c in connections]  # type: ignore[arg-type]
+    await asyncio.gather(*(player.play() for player in players))
+    assert not _pacers  # the last player to finish took the pacer down
+    first_sends = set()
+    for connection, player in zip(connections, players, strict=True):
+        kinds = [kind for kind, _, _ in connection.sent]
+        assert kinds == ["speaking", *["opus"] * (5 + SILENCE_FRAMES), "speaking"]
+        payloads = [payload for kind, payload, _ in connection.sent if kind == "opus"]
+        assert payloads[5:] == [SILENCE_FRAME] * SILENCE_FRAMES
+        assert player.frames_sent == 5 + SILENCE_FRAMES
+        assert len(player.lateness) == player.frames_sent and min(player.lateness) >= 0
+        speaking_at, first_at = connection.sent[0][2], connection.sent[1][2]
+        assert first_at - speaking_at >= FRAME_S  # Speaking still leads by a period
+        first_sends.add(round(first_at * 1000) % round(FRAME_S * 1000))
+    # Each started in a phase of its own, not all in the same millisecond.
+    assert len(first_sends) > PHASE_SLOTS // 2
