@@ -7,10 +7,13 @@ import each other.
 
 from __future__ import annotations
 
+import importlib
+import sys
+from collections.abc import Sequence
+
 import typer
 
 from voxgate import __version__
-from voxgate.cli import bench, media, serve
 
 app = typer.Typer(
     name="voxgate",
@@ -36,10 +39,27 @@ def _root(
     """A Discord-compatible voice server and client."""
 
 
-serve.register(app)
-media.register(app)
-bench.register(app)
+#: The module each command lives in. A process imports only the one it runs: ``voxgate
+#: serve`` is a long-lived node, and rich and the client's commands would stay resident in
+#: it for nothing (a few MB of its RSS).
+_COMMAND_MODULES = {
+    "serve": "serve",
+    "token": "serve",
+    "play": "media",
+    "record": "media",
+    "bench": "bench",
+}
+
+
+def register(argv: Sequence[str]) -> None:
+    """Add the commands ``argv`` runs to ``app``: all of them when it names none we know."""
+    # The root's only option (--version) takes no value: the first other word is the command.
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    wanted = _COMMAND_MODULES.get(command or "")
+    for name in [wanted] if wanted else dict.fromkeys(_COMMAND_MODULES.values()):
+        importlib.import_module(f"voxgate.cli.{name}").register(app)
 
 
 def main() -> None:
+    register(sys.argv[1:])
     app()
