@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.audio import SILENCE, dominant_tones, ogg_packets
-from tests.support.drivers import start_driver
+from tests.support.audio import SILENCE, dominant_tones, ogg_packets, read_packet_log
+from tests.support.drivers import VoiceChannel
 from tests.support.proxy import CuttableProxy
 from voxgate.client import (
     ConnectionResumed,
@@ -82,18 +82,9 @@ async def test_third_party_sender_recorded_byte_exact_and_tone_exact(
     file, windows = tones(2.0, 12)
     connection = await _connect(voxgate_server, guild, channel, listener)
     recording = AudioReceiver(connection)
-    sender = await start_driver(
-        kind,
-        "play",
-        voxgate_server.join(guild, channel, speaker),
-        voxgate_server.ca_path,
-        tmp_path,
-        file=file,
-    )
-    try:
-        await sender.finish()
-    finally:
-        sender.kill()
+    async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as room:
+        await room.start(kind, "play", speaker, file=file)
+        await room.finish()
     await asyncio.sleep(0.2)
     recording.close()
     received = recording.opus_of(speaker)
@@ -111,32 +102,18 @@ async def test_voxgate_sender_heard_byte_exact_by_discord_js_and_discord_py(
 ) -> None:
     guild, channel, speaker, js_id, dpy_id = ids(), ids(), ids(), ids(), ids()
     file, _ = tones(2.0, 13)
-    listeners = [
-        await start_driver(
-            kind,
-            "receive",
-            voxgate_server.join(guild, channel, user),
-            voxgate_server.ca_path,
-            tmp_path,
-            out=True,
-            seconds=6,
-        )
-        for kind, user in (("js", js_id), ("dpy", dpy_id))
-    ]
-    for listener in listeners:
-        await listener.wait_for("listening")
-    connection = await _connect(voxgate_server, guild, channel, speaker)
-    await AudioPlayer(connection, OggOpusSource(file)).play()
-    await connection.close()
-    try:
+    async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as room:
+        listeners = [
+            await room.start(kind, "receive", user, out=True, seconds=6)
+            for kind, user in (("js", js_id), ("dpy", dpy_id))
+        ]
         for listener in listeners:
-            await listener.finish()
-    finally:
-        for listener in listeners:
-            listener.kill()
+            await listener.wait_for("listening")
+        connection = await _connect(voxgate_server, guild, channel, speaker)
+        await AudioPlayer(connection, OggOpusSource(file)).play()
+        await connection.close()
+        await room.finish()
     sent = ogg_packets(file)
-    from tests.support.audio import read_packet_log
-
     for listener in listeners:
         assert listener.out is not None
         heard = read_packet_log(listener.out)[speaker]
@@ -262,15 +239,9 @@ async def test_record_command_writes_a_wav_per_user_with_the_right_tones(
         stderr=subprocess.PIPE,
     )
     await asyncio.sleep(2.0)
-    sender = await start_driver(
-        "js",
-        "play",
-        voxgate_server.join(guild, channel, speaker),
-        voxgate_server.ca_path,
-        tmp_path,
-        file=file,
-    )
-    await sender.finish()
+    async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as room:
+        await room.start("js", "play", speaker, file=file)
+        await room.finish()
     _, stderr = await asyncio.wait_for(record.communicate(), 30)
     assert record.returncode == 0, stderr.decode()
     assert f"{speaker}.wav" in stderr.decode()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.audio import SILENCE, ogg_packets, read_packet_log
-from tests.support.drivers import Driver, start_driver
+from tests.support.drivers import Driver, VoiceChannel
 from tests.support.proxy import CuttableProxy
 from tests.support.server import RunningServer
 
@@ -44,31 +44,14 @@ async def _stream(
     receiver_kind: str,
     file: Path,
 ) -> tuple[list[bytes], str]:
-    guild, channel, sender_id, receiver_id = ids(), ids(), ids(), ids()
-    receiver = await start_driver(
-        receiver_kind,
-        "receive",
-        server.join(guild, channel, receiver_id),
-        server.ca_path,
-        tmp_path,
-        out=True,
-        seconds=LEAD_S + 4,
-    )
-    await receiver.wait_for("listening")
-    sender = await start_driver(
-        sender_kind,
-        "play",
-        server.join(guild, channel, sender_id),
-        server.ca_path,
-        tmp_path,
-        file=file,
-    )
-    try:
-        await sender.finish()
-        await receiver.finish()
-    finally:
-        sender.kill()
-        receiver.kill()
+    sender_id, receiver_id = ids(), ids()
+    async with VoiceChannel(server, tmp_path, ids(), ids()) as channel:
+        receiver = await channel.start(
+            receiver_kind, "receive", receiver_id, out=True, seconds=LEAD_S + 4
+        )
+        await receiver.wait_for("listening")
+        await channel.start(sender_kind, "play", sender_id, file=file)
+        await channel.finish()
     return _received(receiver, sender_id), sender_id
 
 
@@ -87,48 +70,16 @@ async def test_one_client_hears_the_other_byte_exact(
 async def test_mixed_modes_two_speaking_at_once_three_members(
     voxgate_server, tmp_path, ids, tones
 ) -> None:
-    server = voxgate_server
-    guild, channel = ids(), ids()
     listener_id, js_id, dpy_id = ids(), ids(), ids()
     js_file, dpy_file = tones(2.0, 2)[0], tones(2.0, 3)[0]
-    listener = await start_driver(
-        "dpy",
-        "receive",
-        server.join(guild, channel, listener_id),
-        server.ca_path,
-        tmp_path,
-        out=True,
-        seconds=LEAD_S + 5,
-    )
-    await listener.wait_for("listening")
-    js = await start_driver(
-        "js",
-        "play",
-        server.join(guild, channel, js_id),
-        server.ca_path,
-        tmp_path,
-        file=js_file,
-        out=True,
-        linger=1.0,
-    )
-    dpy = await start_driver(
-        "dpy",
-        "play",
-        server.join(guild, channel, dpy_id),
-        server.ca_path,
-        tmp_path,
-        file=dpy_file,
-        out=True,
-        linger=1.0,
-    )
-    try:
+    async with VoiceChannel(voxgate_server, tmp_path, ids(), ids()) as channel:
+        listener = await channel.start("dpy", "receive", listener_id, out=True, seconds=LEAD_S + 5)
+        await listener.wait_for("listening")
+        js = await channel.start("js", "play", js_id, file=js_file, out=True, linger=1.0)
+        dpy = await channel.start("dpy", "play", dpy_id, file=dpy_file, out=True, linger=1.0)
         assert (await js.wait_for("ready"))["mode"] == "aead_aes256_gcm_rtpsize"
         assert (await dpy.wait_for("ready"))["mode"] == "aead_xchacha20_poly1305_rtpsize"
-        for driver in (js, dpy, listener):
-            await driver.finish()
-    finally:
-        for driver in (js, dpy, listener):
-            driver.kill()
+        await channel.finish()
     js_sent, dpy_sent = ogg_packets(js_file), ogg_packets(dpy_file)
     assert _without_trailing_silence(_received(listener, js_id)) == js_sent
     assert _without_trailing_silence(_received(listener, dpy_id)) == dpy_sent
@@ -157,40 +108,17 @@ async def test_legacy_xsalsa20_modes_carry_discord_py_audio(
 async def test_late_joiner_is_told_who_is_here_and_hears_the_rest(
     voxgate_server, tmp_path, ids, tones
 ) -> None:
-    server = voxgate_server
-    guild, channel, sender_id, early_id, late_id = ids(), ids(), ids(), ids(), ids()
+    sender_id, early_id, late_id = ids(), ids(), ids()
     file, _ = tones(4.0, 5)
     sent = ogg_packets(file)
-    early = await start_driver(
-        "dpy",
-        "receive",
-        server.join(guild, channel, early_id),
-        server.ca_path,
-        tmp_path,
-        out=True,
-        seconds=LEAD_S + 6,
-    )
-    await early.wait_for("listening")
-    sender = await start_driver(
-        "js", "play", server.join(guild, channel, sender_id), server.ca_path, tmp_path, file=file
-    )
-    await sender.wait_for("playing")
-    await asyncio.sleep(1.0)
-    late = await start_driver(
-        "dpy",
-        "receive",
-        server.join(guild, channel, late_id),
-        server.ca_path,
-        tmp_path,
-        out=True,
-        seconds=5,
-    )
-    try:
-        for driver in (sender, early, late):
-            await driver.finish()
-    finally:
-        for driver in (sender, early, late):
-            driver.kill()
+    async with VoiceChannel(voxgate_server, tmp_path, ids(), ids()) as channel:
+        early = await channel.start("dpy", "receive", early_id, out=True, seconds=LEAD_S + 6)
+        await early.wait_for("listening")
+        sender = await channel.start("js", "play", sender_id, file=file)
+        await sender.wait_for("playing")
+        await asyncio.sleep(1.0)
+        late = await channel.start("dpy", "receive", late_id, out=True, seconds=5)
+        await channel.finish()
     # Clients Connect told the late joiner about both members already there...
     assert late.saw("voice_member_connect", user_id=sender_id)
     assert late.saw("voice_member_connect", user_id=early_id)
@@ -214,46 +142,29 @@ async def test_sender_whose_websocket_is_cut_resumes_and_keeps_streaming(
     server = voxgate_server
     proxy = CuttableProxy(server.port)
     await proxy.start()
-    guild, channel, sender_id, receiver_id, joiner_id = ids(), ids(), ids(), ids(), ids()
+    sender_id, receiver_id, joiner_id = ids(), ids(), ids()
     file, _ = tones(4.0, 6)
     sent = ogg_packets(file)
-    receiver = await start_driver(
-        "dpy",
-        "receive",
-        server.join(guild, channel, receiver_id),
-        server.ca_path,
-        tmp_path,
-        out=True,
-        seconds=LEAD_S + 6,
-    )
-    await receiver.wait_for("listening")
-    join = server.join(guild, channel, sender_id)
-    join["voice_server"]["endpoint"] = f"127.0.0.1:{proxy.port}"
-    sender = await start_driver("js", "play", join, server.ca_path, tmp_path, file=file)
     resumed_before = server.log_count(r"resumed, \d+ messages replayed")
-    joiner = None
     try:
-        await sender.wait_for("playing")
-        await asyncio.sleep(0.5)
-        cutting = asyncio.create_task(proxy.cut(hold_s=1.0))
-        await asyncio.sleep(0.2)
-        # Someone joins while the sender's WebSocket is dead: what the server tells the
-        # sender about it must reach it through the replay.
-        joiner = await start_driver(
-            "dpy",
-            "receive",
-            server.join(guild, channel, joiner_id),
-            server.ca_path,
-            tmp_path,
-            seconds=1,
-        )
-        await cutting
-        for driver in (sender, receiver, joiner):
-            await driver.finish()
+        async with VoiceChannel(server, tmp_path, ids(), ids()) as channel:
+            receiver = await channel.start(
+                "dpy", "receive", receiver_id, out=True, seconds=LEAD_S + 6
+            )
+            await receiver.wait_for("listening")
+            sender = await channel.start(
+                "js", "play", sender_id, file=file, endpoint=f"127.0.0.1:{proxy.port}"
+            )
+            await sender.wait_for("playing")
+            await asyncio.sleep(0.5)
+            cutting = asyncio.create_task(proxy.cut(hold_s=1.0))
+            await asyncio.sleep(0.2)
+            # Someone joins while the sender's WebSocket is dead: what the server tells
+            # the sender about it must reach it through the replay.
+            await channel.start("dpy", "receive", joiner_id, seconds=1)
+            await cutting
+            await channel.finish()
     finally:
-        for driver in (sender, receiver, joiner):
-            if driver is not None:
-                driver.kill()
         await proxy.close()
     assert proxy.accepted >= 2, "the sender came back through a new connection"
     assert server.log_count(r"resumed, \d+ messages replayed") > resumed_before

@@ -121,3 +121,42 @@ async def start_driver(
     driver = Driver(f"{kind}:{command}:{user}", process, out_path)
     driver._reader = asyncio.create_task(driver._read())
     return driver
+
+
+class VoiceChannel:
+    """One voice channel on a running node, and the real clients a test joins to it.
+
+    ``async with VoiceChannel(...) as channel``: every driver started through it is killed
+    on the way out, whatever the test did; :meth:`finish` waits for all to exit cleanly.
+    """
+
+    def __init__(self, server: Any, workdir: Path, guild: str, channel: str) -> None:
+        self.server = server
+        self.workdir = workdir
+        self.guild = guild
+        self.channel = channel
+        self.drivers: list[Driver] = []
+
+    async def start(
+        self, kind: str, command: str, user: str, *, endpoint: str | None = None, **options: Any
+    ) -> Driver:
+        """Mint ``user``'s join (pointed at ``endpoint`` when given) and start a driver."""
+        join = self.server.join(self.guild, self.channel, user)
+        if endpoint is not None:
+            join["voice_server"]["endpoint"] = endpoint
+        driver = await start_driver(
+            kind, command, join, self.server.ca_path, self.workdir, **options
+        )
+        self.drivers.append(driver)
+        return driver
+
+    async def finish(self) -> None:
+        for driver in self.drivers:
+            await driver.finish()
+
+    async def __aenter__(self) -> VoiceChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for driver in self.drivers:
+            driver.kill()
