@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from voxgate.bench.node import BenchNode
 from voxgate.client import VoiceConnection, VoiceConnectionError
 from voxgate.protocol.messages import Identify, Ready, Resume
 from voxgate.protocol.opcodes import CloseCode
@@ -163,44 +163,18 @@ def _voxgate(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @dataclass
-class Supervised:
-    """A ``voxgate serve --workers N`` process and what its ready line and admin API say."""
+class Supervised(BenchNode):
+    """A ``voxgate serve --workers N`` process and what its ready line says."""
 
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    admin_url: str
-    ready_line: str
-    log_path: Path
+    ready_line: str = ""
+    log_path: Path = Path()
 
     @property
     def trust(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.data_dir / "tls" / "ca.pem"))
+        return ssl.create_default_context(cafile=str(self.ca_path))
 
-    def join(self, guild: str, channel: str, user: str) -> dict[str, Any]:
-        key = (self.data_dir / "admin_key").read_text().strip()
-        request = urllib.request.Request(
-            f"{self.admin_url}/v1/voice/join",
-            data=json.dumps({"guild_id": guild, "channel_id": channel, "user_id": user}).encode(),
-            headers={"Authorization": f"Bearer {key}"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            events: dict[str, Any] = json.load(response)
-        return events
-
-    def health(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.admin_url}/healthz", timeout=10) as response:
-            health: dict[str, Any] = json.load(response)
-        return health
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self) -> int:  # type: ignore[override]
+        super().stop()
         return self.process.returncode
 
 
@@ -221,9 +195,9 @@ def _serve_workers(data_dir: Path, workers: int = 2) -> Supervised:
             process.kill()
             raise RuntimeError(f"voxgate serve --workers did not start:\n{log_path.read_text()}")
         time.sleep(0.1)
-    admin = re.search(r" admin=(\S+) ", line)
+    admin = re.search(r" admin=http://[^:]+:(\d+) ", line)
     assert admin is not None, line
-    return Supervised(process, data_dir, admin.group(1), line.strip(), log_path)
+    return Supervised(process, data_dir, 0, 0, int(admin.group(1)), line.strip(), log_path)
 
 
 @pytest.fixture(scope="module")
