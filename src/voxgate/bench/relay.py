@@ -654,7 +654,7 @@ async def run(
             result["ceiling_saturation_channels"] = best_ceiling.channels if best_ceiling else 0
             result["ratio"] = round(forwarded / ceiling_pps, 3) if ceiling_pps else None
             # Generator-independent: CPU per forwarded packet at the largest load both
-            # relays carried without loss.
+            # relays held.
             ours = {step["channels"]: step for step in result["fanout10"]["steps"]}
             common = [
                 step
