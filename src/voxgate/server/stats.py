@@ -7,6 +7,7 @@ increment costs almost nothing, and ``admin.py`` turns these into metrics at scr
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 #: Why a datagram was dropped; each is a label value of ``voxgate_packets_dropped``.
 DROP_REASONS = (
@@ -46,3 +47,13 @@ class NodeStats:
         self.discovery_answered = 0
         self.send_errors = 0
         self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+
+    def counters(self) -> dict[str, int]:
+        """Every counter but ``dropped``, by name: what crosses from a worker process."""
+        return {name: getattr(self, name) for name in self.__slots__ if name != "dropped"}
+
+    def add(self, counters: Mapping[str, int], dropped: Mapping[str, int]) -> None:
+        """Add another node's :meth:`counters` and drops to these (a supervisor's sum)."""
+        for name, value in counters.items():
+            setattr(self, name, getattr(self, name) + value)
+        self.dropped.update(dropped)

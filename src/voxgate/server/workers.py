@@ -161,14 +161,11 @@ class WorkerStatus:
 
 def _status_of(node: Any) -> WorkerStatus:
     stats: NodeStats = node.stats
-    counters = {
-        name: int(getattr(stats, name)) for name in NodeStats.__slots__ if name != "dropped"
-    }
     return WorkerStatus(
         channels=tuple(node.router.channels),
         sessions=node.session_count(),
         media_silent=node.media_silent_count(),
-        counters=counters,
+        counters=stats.counters(),
         dropped=dict(stats.dropped),
     )
 
@@ -439,7 +436,7 @@ class Supervisor:
         process.join(0)
         code = process.exitcode
         if handle.status is not None:
-            _add_counters(self._retired, handle.status)
+            self._retired.add(handle.status.counters, handle.status.dropped)
             handle.status = None
         self._forget(handle)
         if handle.starting is not None:
@@ -536,10 +533,10 @@ class Supervisor:
     @property
     def stats(self) -> NodeStats:
         total = NodeStats()
-        _add_counters(total, self._retired)
+        total.add(self._retired.counters(), self._retired.dropped)
         for handle in self.handles:
             if handle.status is not None:
-                _add_counters(total, handle.status)
+                total.add(handle.status.counters, handle.status.dropped)
         return total
 
     def _reports(self) -> list[WorkerStatus]:
@@ -556,17 +553,6 @@ class Supervisor:
 
     def workers_alive(self) -> int:
         return sum(1 for handle in self.handles if handle.alive)
-
-
-def _add_counters(total: NodeStats, part: NodeStats | WorkerStatus) -> None:
-    if isinstance(part, WorkerStatus):
-        counters, dropped = part.counters, part.dropped
-    else:
-        counters = {n: getattr(part, n) for n in NodeStats.__slots__ if n != "dropped"}
-        dropped = dict(part.dropped)
-    for name, value in counters.items():
-        setattr(total, name, getattr(total, name) + value)
-    total.dropped.update(dropped)
 
 
 def worker_specs(
