@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,10 +229,15 @@ class Relay(abc.ABC):
 class VoxgateRelay(Relay):
     name = "voxgate"
 
-    def __init__(self, cpu: int | None) -> None:
-        self.node: BenchNode = start_node(cpu=cpu)
-        self.pid = self.node.process.pid
-        self.trust = ssl.create_default_context(cafile=str(self.node.ca_path))
+    def __init__(self, node: BenchNode) -> None:
+        self.node = node
+        self.pid = node.process.pid
+        self.trust = ssl.create_default_context(cafile=str(node.ca_path))
+
+    @classmethod
+    def pinned(cls, cpu: int | None) -> VoxgateRelay:
+        """A single-process node pinned to ``cpu``."""
+        return cls(start_node(cpu=cpu))
 
     async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member:
         loop = asyncio.get_running_loop()
@@ -253,9 +258,7 @@ class WorkersRelay(VoxgateRelay):
 
     def __init__(self, workers: int) -> None:
         # Port 0: worker i would take --port + i, which nobody checked is free.
-        self.node = start_node("--workers", str(workers), ports=(0, 0, free_port()))
-        self.pid = self.node.process.pid
-        self.trust = ssl.create_default_context(cafile=str(self.node.ca_path))
+        super().__init__(start_node("--workers", str(workers), ports=(0, 0, free_port())))
         # One worker is the plain single-process node, which lists no workers.
         listed = self.node.health().get("workers", [])
         self.worker_pids = [int(worker["pid"]) for worker in listed]
@@ -502,18 +505,20 @@ def holds(step: Step) -> bool:
 
 
 async def saturate(
-    make: Any,
-    per_channel: int,
-    speakers: int,
-    modes: Sequence[str],
+    make: Callable[[int], Relay],
     seconds: float,
     start: int,
     limit: int,
     loadgen: Path | None = None,
+    *,
+    per_channel: int = 10,
+    speakers: int = 2,
+    modes: Sequence[str] = (AES,),
     resolution: float = 0.05,
 ) -> tuple[list[Step], Step | None]:
-    """Double the channels until a level does not :func:`hold`, then bisect to within
-    ``resolution``: the largest level that holds is the saturation point."""
+    """Double the channels (of ``make(channels)``, the relay under test) until a level does
+    not :func:`hold`, then bisect to within ``resolution``: the largest level that holds is
+    the saturation point. The default scenario is the issue's: fan-out 10, two speakers."""
     steps: list[Step] = []
     best: Step | None = None
 
@@ -598,7 +603,7 @@ async def run(
         result["generator_note"] = loadgen_note
 
     steps, best = await saturate(
-        lambda channels: VoxgateRelay(server_cpu), 10, 2, [AES], seconds, start, limit, loadgen
+        lambda channels: VoxgateRelay.pinned(server_cpu), seconds, start, limit, loadgen
     )
     result["fanout10"] = {"steps": [asdict(s) for s in steps]}
     forwarded = best.forwarded_pps if best else 0
@@ -607,7 +612,7 @@ async def run(
     result["loss"] = best.loss if best else 1.0
     result["cpu_ms_per_1000"] = best.cpu_ms_per_1000 if best else None
     half = max(1, (best.channels if best else 1) // 2)
-    relay = VoxgateRelay(server_cpu)
+    relay = VoxgateRelay.pinned(server_cpu)
     try:
         at_half = await measure(relay, half, 10, 2, [AES], seconds, loadgen=loadgen)
         result["rss_per_session_kb"] = at_half.rss_per_session_kb
@@ -621,7 +626,7 @@ async def run(
         ("fanout100", 1, 100 if not quick else 20, 1, [AES]),
         ("mixed_modes", half, 10, 2, [AES, XCHACHA]),
     ):
-        relay = VoxgateRelay(server_cpu)
+        relay = VoxgateRelay.pinned(server_cpu)
         try:
             result[name] = asdict(
                 await measure(
@@ -640,9 +645,6 @@ async def run(
         else:
             steps, best_ceiling = await saturate(
                 lambda channels: CeilingRelay([str(binary)], channels, 10, server_cpu),
-                10,
-                2,
-                [AES],
                 seconds,
                 start,
                 limit,
@@ -672,9 +674,6 @@ async def run(
         command = [sys.executable, str(BARE_RELAY)]
         steps, best_bare = await saturate(
             lambda channels: CeilingRelay(command, channels, 10, server_cpu),
-            10,
-            2,
-            [AES],
             seconds,
             start,
             limit,
@@ -713,9 +712,6 @@ async def run_workers(
     for count in counts:
         steps, best = await saturate(
             lambda channels, count=count: WorkersRelay(count),
-            10,
-            2,
-            [AES],
             seconds,
             1 if quick else 8,
             8 if quick else 1024,
