@@ -7,15 +7,7 @@ import json
 
 import typer
 
-
-def _fast_loop() -> None:
-    """uvloop where installed: the generator must not be the slower side of a measurement."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
+from voxgate.loop import install_uvloop
 
 bench_app = typer.Typer(
     help="Measure a voxgate node: soak (and more, see --help).", no_args_is_help=True
@@ -34,7 +26,7 @@ def soak(
 
     node = start_node()
     try:
-        _fast_loop()
+        install_uvloop()
         result = asyncio.run(run_soak(node, cycles, concurrency))
     finally:
         node.stop()
@@ -67,7 +59,7 @@ def relay(
     if loadgen is None:
         # This process generates the load then, and needs the faster loop; with the C
         # generator it only joins members, and the default loop can hand their sockets over.
-        _fast_loop()
+        install_uvloop()
         why = f"{why}: the load comes from Python, whose queueing shows in the latencies"
     result = asyncio.run(
         run(
@@ -128,7 +120,7 @@ def workers(
         raise typer.BadParameter("--counts takes numbers such as 1,2") from None
     loadgen, _ = build_loadgen()
     if loadgen is None:
-        _fast_loop()
+        install_uvloop()
     typer.echo(
         json.dumps(asyncio.run(run_workers(numbers, seconds=seconds, quick=quick, loadgen=loadgen)))
     )
@@ -142,7 +134,7 @@ def idle(
     """Server CPU and RSS with many identified, heartbeating, silent sessions."""
     from voxgate.bench.idle import run
 
-    _fast_loop()
+    install_uvloop()
     typer.echo(json.dumps(asyncio.run(run(sessions, seconds))))
 
 
@@ -154,7 +146,7 @@ def client(
     """Send-interval jitter and CPU per stream of many passthrough players in one process."""
     from voxgate.bench.client import run
 
-    _fast_loop()
+    install_uvloop()
     typer.echo(json.dumps(asyncio.run(run(players, seconds))))
 
 

@@ -329,7 +329,7 @@ def serve(
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    from voxgate.server.node import install_uvloop
+    from voxgate.loop import install_uvloop
 
     install_uvloop()
     if workers == 1:

@@ -30,15 +30,6 @@ EXPIRY_PERIOD_S = 1.0
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 
 
-def install_uvloop() -> None:
-    """Run asyncio on uvloop when it is installed (``voxgate serve`` and its workers)."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-
-
 def freeze_startup_objects() -> None:
     """Take everything alive at start (modules, classes, functions: some 50,000 objects)
     out of the cyclic collector's sight.

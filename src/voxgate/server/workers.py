@@ -182,7 +182,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     )
     # Ctrl-C reaches the whole process group; the supervisor decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from voxgate.server.node import install_uvloop
+    from voxgate.loop import install_uvloop
 
     install_uvloop()
     sys.exit(asyncio.run(_run_worker(spec, conn)))
