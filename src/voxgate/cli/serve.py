@@ -8,6 +8,7 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,8 @@ from voxgate.server.auth import DEFAULT_TTL_S, TokenAuthority
 from voxgate.server.config import DEFAULT_HEARTBEAT_INTERVAL_MS, ServerConfig
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from voxgate.server.workers import WorkerSpec
 
 log = logging.getLogger("voxgate.serve")
@@ -75,8 +78,6 @@ async def _serve(
     ca_path: Path | None,
 ) -> None:
     # Imported here so `voxgate token` and `--version` never pay for the server's imports.
-    from aiohttp import web
-
     from voxgate.server.admin import admin_app
     from voxgate.server.node import VoiceNode, freeze_startup_objects
 
@@ -86,71 +87,14 @@ async def _serve(
     except OSError as exc:
         raise _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
     endpoint = f"{config.effective_public_ip}:{node.port}"
-    runner = web.AppRunner(
-        admin_app(node, authority, datadir.admin_key(data_dir), endpoint), access_log=None
-    )
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, admin_host, admin_port).start()
-    except OSError as exc:
-        await node.close()
-        await runner.cleanup()
-        raise _fail(f"cannot listen on {admin_host}:{admin_port}: {exc.strerror}") from None
-    # Port 0 asks for any free port: report the one bound.
-    bound = [address for address in runner.addresses if isinstance(address, tuple)]
-    admin_url = f"http://{admin_host}:{bound[0][1] if bound else admin_port}"
-    datadir.write_node_file(data_dir, endpoint, admin_url)
-    freeze_startup_objects()
 
-    typer.echo(
-        _ready_line(
-            "ws" if config.ssl_context is None else "wss",
-            endpoint,
-            node.udp_port,
-            "",
-            _trust_field(config, ca_path),
-            admin_url,
-            _join_hint(data_dir),
-        ),
-        color=False,
-    )
-    sys.stdout.flush()
-    try:
-        await _wait_for_signal()
-    finally:
-        log.info("shutting down")
-        await node.close()
-        await runner.cleanup()
+    def ready(admin_url: str) -> str:
+        datadir.write_node_file(data_dir, endpoint, admin_url)
+        freeze_startup_objects()
+        return _ready_line(config, ca_path, data_dir, endpoint, node.udp_port, "", admin_url)
 
-
-def _ready_line(
-    scheme: str, endpoint: str, udp_port: int, extra: str, trust: str, admin_url: str, join: str
-) -> str:
-    return (
-        f"voxgate ready {scheme}://{endpoint}/?v=8{extra} udp={udp_port} {trust} "
-        f"admin={admin_url} join: {join}"
-    )
-
-
-def _trust_field(config: ServerConfig, ca_path: Path | None) -> str:
-    if config.ssl_context is None:
-        return "plain ws (--insecure)"
-    return f"ca={ca_path}" if ca_path is not None else "ca=(your certificate's issuer)"
-
-
-def _join_hint(data_dir: Path) -> str:
-    return (
-        f"{_self_command()} token --data-dir {shlex.quote(str(data_dir))} "
-        "--guild 1 --channel 1 --user 1"
-    )
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    app = admin_app(node, authority, datadir.admin_key(data_dir), endpoint)
+    await _admin_until_signal(app, admin_host, admin_port, node.close, ready)
 
 
 async def _serve_workers(
@@ -162,8 +106,6 @@ async def _serve_workers(
     admin_port: int,
     ca_path: Path | None,
 ) -> None:
-    from aiohttp import web
-
     from voxgate.server.admin import admin_app
     from voxgate.server.workers import Supervisor, WorkerStartError
 
@@ -173,48 +115,80 @@ async def _serve_workers(
     except WorkerStartError as exc:
         raise _fail(str(exc)) from None
     first = supervisor.handles[0]
-    runner = web.AppRunner(
-        admin_app(
-            supervisor,
-            authority,
-            datadir.admin_key(data_dir),
-            first.endpoint,
-            workers=supervisor,
-        ),
-        access_log=None,
+
+    def ready(admin_url: str) -> str:
+        endpoints = [handle.endpoint for handle in supervisor.handles]
+        datadir.write_node_file(data_dir, first.endpoint, admin_url, endpoints)
+        listed = ", ".join(f"{h.endpoint} udp {h.udp_port}" for h in supervisor.handles)
+        workers = f" (+{len(specs)} workers: {listed})"
+        return _ready_line(
+            config, ca_path, data_dir, first.endpoint, first.udp_port, workers, admin_url
+        )
+
+    app = admin_app(
+        supervisor, authority, datadir.admin_key(data_dir), first.endpoint, workers=supervisor
     )
+    await _admin_until_signal(app, admin_host, admin_port, supervisor.close, ready)
+
+
+async def _admin_until_signal(
+    app: web.Application,
+    admin_host: str,
+    admin_port: int,
+    close_node: Callable[[], Awaitable[None]],
+    ready: Callable[[str], str],
+) -> None:
+    """Serve the admin API in front of a started node (or supervisor) until SIGINT or
+    SIGTERM, then close both. ``ready(admin_url)`` records the node and says the ready line.
+    """
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, admin_host, admin_port).start()
     except OSError as exc:
-        await supervisor.close()
+        await close_node()
         await runner.cleanup()
         raise _fail(f"cannot listen on {admin_host}:{admin_port}: {exc.strerror}") from None
+    # Port 0 asks for any free port: report the one bound.
     bound = [address for address in runner.addresses if isinstance(address, tuple)]
-    admin_url = f"http://{admin_host}:{bound[0][1] if bound else admin_port}"
-    endpoints = [handle.endpoint for handle in supervisor.handles]
-    datadir.write_node_file(data_dir, first.endpoint, admin_url, endpoints)
-
-    listed = ", ".join(f"{h.endpoint} udp {h.udp_port}" for h in supervisor.handles)
-    typer.echo(
-        _ready_line(
-            "ws" if config.ssl_context is None else "wss",
-            first.endpoint,
-            first.udp_port,
-            f" (+{len(specs)} workers: {listed})",
-            _trust_field(config, ca_path),
-            admin_url,
-            _join_hint(data_dir),
-        ),
-        color=False,
-    )
+    typer.echo(ready(f"http://{admin_host}:{bound[0][1] if bound else admin_port}"), color=False)
     sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     try:
-        await _wait_for_signal()
+        await stop.wait()
     finally:
-        log.info("shutting down %d workers", len(specs))
+        log.info("shutting down")
+        await close_node()
         await runner.cleanup()
-        await supervisor.close()
+
+
+def _ready_line(
+    config: ServerConfig,
+    ca_path: Path | None,
+    data_dir: Path,
+    endpoint: str,
+    udp_port: int,
+    workers: str,
+    admin_url: str,
+) -> str:
+    scheme = "ws" if config.ssl_context is None else "wss"
+    if config.ssl_context is None:
+        trust = "plain ws (--insecure)"
+    else:
+        trust = f"ca={ca_path}" if ca_path is not None else "ca=(your certificate's issuer)"
+    join = (
+        f"{_self_command()} token --data-dir {shlex.quote(str(data_dir))} "
+        "--guild 1 --channel 1 --user 1"
+    )
+    return (
+        f"voxgate ready {scheme}://{endpoint}/?v=8{workers} udp={udp_port} {trust} "
+        f"admin={admin_url} join: {join}"
+    )
 
 
 def _admin_port(admin_port: int | None, port: int, workers: int) -> int:
