@@ -30,3 +30,20 @@ class PacketError(ProtocolError):
 
 class DecryptionError(PacketError):
     """A packet did not authenticate under the session's key (or is too short to try)."""
+
+
+class MlsError(ProtocolError):
+    """An MLS structure of DAVE (DAVE.md §2-§3) is malformed or fails a check.
+
+    ``reason`` is short and fixed per kind of failure ("bad key package signature",
+    "wrong cipher suite", "trailing bytes" ...), fit for a WebSocket close reason and as
+    the label of a rejection counter.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason[:120]
+
+
+class DaveFrameError(MlsError):
+    """A media payload is not a well-formed DAVE frame (DAVE.md §5)."""

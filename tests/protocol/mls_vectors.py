@@ -1,0 +1,28 @@
+"""Golden DAVE vectors: davey 0.1.7's ``davey-python/test/test_session.py`` (Snazzah/davey).
+
+They look like a capture from Discord (a real channel id, the davey author's user ids,
+Discord's external-sender identity ``00``): op 25, an op 27 append with one Add at
+epoch 0, and the op 27 revoke of that Add, each *after* the optype byte.
+"""
+
+EXTERNAL_SENDER = bytes.fromhex(
+    "404104ca1a2b102501d0672bd45ed74ffb83e078b2ba5b12c3f69fad56f083b6a35fc989c6736b5852b5aecd"
+    "fcdf206e156d3d1dba8e3e5b2f89fc0c16f11614e84e4a00010100"
+)
+APPENDING_PROPOSALS = bytes.fromhex(
+    "41f000010001080cde77eadc823033000000000000000002000000000002000100010002404104a61acd34ff"
+    "0548e6f767cc4df9619b51ba5814d52ee558284fc554405768e9e741ba32276414941b7c0190dcb5dfc3349a"
+    "168f1247ecbdf6fc69f3eecab3765d404104f44da24e5aa9f73796fa38be115556e6b7d4f6ba55d2ecc3f1b9"
+    "d198af6237e3fc8fc635996b6c76e77b4acace33f5cfd745ad0d540dd6f03f0da85c82e14714404104e77939"
+    "85ed074af49568b53cf2e3974688279f02ee8d7c7df099ce3c7a1a28e747f59a7c7c23e9ef4f7815fb3469f3"
+    "9ea124f8b76712c41b763a55b867e6b48b000108023339994002000002000102000200000200010100000000"
+    "00000000ffffffffffffffff0040483046022100d874dc777d4ede7e6d3374f737bc1394ac0ffd0635abdc9d"
+    "02b3e359e059466a022100e62e97aefd5c6b32ff0ac5c5159dbe94f6f5a01bd0dd14a9dcc4d1e6248972ac00"
+    "4047304502205168abdf8d83a48daf8d5960afb305022de707c7496087feb43004c9fd2be5e80221008312a6"
+    "f6df1ff593671a39f9966f6d1caef43e0c6d53c74300ba089ceeecfbf440473045022100cdbe804ba06a9be1"
+    "7615fe3c7f9055f31a6d0ea9402dd9fda6d109e9a3cb632b022067409e59f6b7f0a3eddd330a092a6c13d99d"
+    "12abaebe0d6d40a0dae435c2a7a2"
+)
+REVOKING_PROPOSALS = bytes.fromhex(
+    "212062386ffb20b28f556b2465c0a2520ba2b074fca00e94b2fdebc0496d544cd6c0"
+)
