@@ -296,7 +296,8 @@ HOSTILE_CLIENT_FRAMES: list[tuple[str | bytes, CloseCode]] = [
     ('{"op":3,"d":null}', DECODE_ERRORS),
     ('{"op":3,"d":{"seq_ack":1}}', DECODE_ERRORS),
     ('{"op":5,"d":{"speaking":1,"ssrc":-1,"delay":0}}', DECODE_ERRORS),
-    ('{"op":5,"d":{"speaking":true,"ssrc":1}}', DECODE_ERRORS),
+    ('{"op":5,"d":{"ssrc":1,"delay":0}}', DECODE_ERRORS),  # speaking is what is relayed
+    ('{"op":5,"d":{"speaking":"yes"}}', DECODE_ERRORS),
     ('{"op":7,"d":{"server_id":"1","session_id":"2"}}', DECODE_ERRORS),
     ('{"op":23,"d":{"transition_id":65536}}', DECODE_ERRORS),
     ('{"op":31}', DECODE_ERRORS),
@@ -344,6 +345,7 @@ HOSTILE_SERVER_FRAMES: list[tuple[str | bytes, CloseCode]] = [
     ('{"op":8,"d":{"heartbeat_interval":"5"}}', DECODE_ERRORS),
     ('{"op":13,"d":null}', DECODE_ERRORS),
     ('{"op":2,"d":{},"seq":"1"}', DECODE_ERRORS),
+    ('{"op":5,"d":{"speaking":1,"user_id":"1"}}', DECODE_ERRORS),  # receivers need the ssrc
     (b"\x00", DECODE_ERRORS),
     (b"\x00\x01", DECODE_ERRORS),
     (b"\x00\x01\x1b", DECODE_ERRORS),  # proposals without operation type
@@ -388,6 +390,7 @@ def test_decoded_messages_are_frozen() -> None:
         "audio_ssrc": msgspec.UNSET,
         "video_ssrc": msgspec.UNSET,
         "rtx_ssrc": msgspec.UNSET,
+        "streams": msgspec.UNSET,
     }
 
 

@@ -7,8 +7,14 @@ messages travel in binary frames, ``[seq u16][op u8][payload]`` from the server 
 :func:`decode_client_frame`, a client with :func:`decode_server_frame`.
 
 Optional fields use :data:`msgspec.UNSET` so that an absent field is omitted on the wire
-rather than sent as ``null``: Discord's servers and both reference clients send exactly
-the fields listed in PROTOCOL.md §2 and nothing else.
+rather than sent as ``null``.
+
+What a client must send is what the server needs to act, no more (``docs/client-messages.md``
+has the table, field by field, with the client behind each rule): real clients are older,
+newer and sloppier than the spec, and Discord accepts them. A field the server reads is
+type-checked; a field it only carries is typed ``Any``; a field no struct names is ignored
+(msgspec never forbids unknown fields). Missing a field the server needs is a 4002 whose
+reason names the field.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ class Identify(_Message, frozen=True, kw_only=True):
     session_id: str
     token: str
     max_dave_protocol_version: int | UnsetType = UNSET
-    video: bool | UnsetType = UNSET
-    streams: list[Any] | UnsetType = UNSET
+    # Discord's own clients announce video here; voxgate carries audio only and never
+    # reads these, so any form is accepted.
+    video: Any = UNSET
+    streams: Any = UNSET
 
 
 class SelectProtocolData(Struct, frozen=True, kw_only=True):
@@ -60,8 +68,10 @@ class SelectProtocol(_Message, frozen=True, kw_only=True):
 
     protocol: str
     data: SelectProtocolData
-    codecs: list[Any] | UnsetType = UNSET
-    rtc_connection_id: str | UnsetType = UNSET
+    # Sent by Discord's own clients; never read (the codec is Opus, payload type 120).
+    codecs: Any = UNSET
+    rtc_connection_id: Any = UNSET
+    experiments: Any = UNSET
 
 
 class Heartbeat(_Message, frozen=True, kw_only=True):
@@ -76,10 +86,17 @@ class Heartbeat(_Message, frozen=True, kw_only=True):
 
 
 class Speaking(_Message, frozen=True, kw_only=True):
-    """Op 5, both directions; the server adds the speaker's ``user_id`` when relaying."""
+    """Op 5, both directions; the server adds the speaker's ``user_id`` when relaying.
 
-    speaking: int
-    ssrc: U32
+    From a client only ``speaking`` is needed. ``ssrc`` is optional there: discord.py
+    before 2.3 and py-cord 2.8 leave it out, and the server relays the session's own ssrc
+    whatever the client says. From the server it is always present (receivers map ssrc to
+    user from it), and :func:`decode_server_frame` insists on it. ``speaking`` is decoded
+    from the old boolean form too, as the flags it meant (``true`` = microphone).
+    """
+
+    speaking: int | bool
+    ssrc: U32 | UnsetType = UNSET
     delay: int = 0
     user_id: str | UnsetType = UNSET
 
@@ -94,11 +111,16 @@ class Resume(_Message, frozen=True, kw_only=True):
 
 
 class ClientConnect(_Message, frozen=True, kw_only=True):
-    """Op 12: sent by discord.py with its ``audio_ssrc``; servers accept and ignore it."""
+    """Op 12: sent by discord.py with its ``audio_ssrc``; servers accept and ignore it.
+
+    Discord's own clients add ``video_ssrc``, ``rtx_ssrc`` (0 when there is no video) and
+    their simulcast ``streams``.
+    """
 
     audio_ssrc: U32 | UnsetType = UNSET
     video_ssrc: U32 | UnsetType = UNSET
     rtx_ssrc: U32 | UnsetType = UNSET
+    streams: Any = UNSET
 
 
 class DaveTransitionReady(_Message, frozen=True, kw_only=True):
@@ -394,6 +416,9 @@ def _payload(cls: type[Message], raw: msgspec.Raw) -> Any:
         if (cls is Heartbeat or cls is HeartbeatAck) and message.nonce_form:
             # nonce_form is voxgate's bookkeeping, not a wire field: an object is the v8 form
             message = msgspec.structs.replace(message, nonce_form=False)
+        elif cls is Speaking and type(message.speaking) is bool:
+            # The pre-bitfield form: relayed on as the flags it meant, never as a boolean.
+            message = msgspec.structs.replace(message, speaking=int(message.speaking))
         return message
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _decode_error(f"invalid op {int(OP_OF[cls])} payload: {exc}") from None
@@ -469,6 +494,9 @@ def decode_server_frame(
     if cls is None:
         raise _unknown_op(envelope.op)
     message: ServerMessage = _payload(cls, envelope.d)
+    if isinstance(message, Speaking) and message.ssrc is UNSET:
+        # Optional from a client, but a receiver maps ssrc -> user only from this.
+        raise _decode_error("op 5 from the server without ssrc")
     return message, envelope.seq
 
 
