@@ -23,8 +23,9 @@ def _ready(modes: list[str]) -> str:
     return str(encode(Ready(ssrc=7, ip="127.0.0.1", port=5000, modes=modes), seq=1))
 
 
-def test_identify_carries_exactly_the_fields_discord_reads() -> None:
-    frame = json.loads(ClientGateway(JOIN).identify())
+@pytest.mark.parametrize(("dave", "version"), [(True, 1), (False, 0)])
+def test_identify_carries_exactly_the_fields_discord_reads(dave: bool, version: int) -> None:
+    frame = json.loads(ClientGateway(JOIN, dave=dave).identify())
     assert frame == {
         "op": 0,
         "d": {
@@ -32,7 +33,7 @@ def test_identify_carries_exactly_the_fields_discord_reads() -> None:
             "user_id": JOIN.user_id,
             "session_id": JOIN.session_id,
             "token": "tok",
-            "max_dave_protocol_version": 0,
+            "max_dave_protocol_version": version,
         },
     }
 

@@ -7,6 +7,12 @@ the interval Hello gives, and a keep-alive datagram every few seconds so NATs ke
 flow. Audio goes out through :meth:`VoiceConnection.send_opus`; what comes in is opened
 with the session's key and handed to the listeners (see ``receiver.py``).
 
+With DAVE (the default, ``dave=False`` to go without), each Opus frame is end-to-end
+encrypted before the transport encryption once the call's group is ready, and each frame
+received is opened with its sender's key after the transport decryption: the listeners
+always get Opus. :attr:`VoiceConnection.dave` shows the state, the epoch and the privacy
+code; a server that requires DAVE from a client without it closes with 4017, which is fatal.
+
 Example::
 
     connection = await VoiceConnection.connect(events["voice_state"], events["voice_server"])
@@ -29,6 +35,7 @@ from typing import Any
 
 import aiohttp
 
+from voxgate.client.dave import DaveMember
 from voxgate.client.gateway import ClientGateway, CloseAction, GatewayState, VoiceJoin, after_close
 from voxgate.errors import VoxgateError
 from voxgate.protocol import discovery
@@ -43,7 +50,7 @@ from voxgate.protocol.messages import (
     SessionDescription,
     Speaking,
 )
-from voxgate.protocol.opcodes import SpeakingFlags
+from voxgate.protocol.opcodes import CloseCode, SpeakingFlags
 from voxgate.protocol.rtp import build_keepalive
 
 log = logging.getLogger(__name__)
@@ -122,7 +129,8 @@ VoiceEvent = (
     | ConnectionClosed
 )
 
-#: Called with (ssrc, rtp_header, opus_payload) for every authenticated RTP packet.
+#: Called with (ssrc, rtp_header, opus_payload) for every authenticated RTP packet (its
+#: padding removed, its DAVE frame opened).
 PacketListener = Callable[[int, bytes, bytes], None]
 
 
@@ -153,9 +161,10 @@ class VoiceConnection:
         *,
         ssl: ssl_module.SSLContext | bool | None = None,
         modes: Sequence[str] | None = None,
+        dave: bool = True,
     ) -> None:
         self.join = join
-        self.gateway = ClientGateway(join, modes=modes)
+        self.gateway = ClientGateway(join, modes=modes, dave=dave)
         self._ssl = ssl
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -191,16 +200,20 @@ class VoiceConnection:
         *,
         ssl: ssl_module.SSLContext | bool | None = None,
         modes: Sequence[str] | None = None,
+        dave: bool = True,
         timeout: float = 20.0,
     ) -> VoiceConnection:
         """Join with VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE; returns once media can flow.
 
         ``ssl`` is the context to trust the server with (default: the system's CAs);
-        ``modes`` overrides the order of encryption modes preferred. Raises
-        :class:`VoiceConnectionError` when the server refuses the session (4004, 4014, ...)
-        or nothing answers within ``timeout`` seconds.
+        ``modes`` overrides the order of encryption modes preferred; ``dave=False``
+        identifies without end-to-end encryption (``max_dave_protocol_version: 0``).
+        Raises :class:`VoiceConnectionError` when the server refuses the session (4004,
+        4014, 4017 "DAVE required", ...) or nothing answers within ``timeout`` seconds.
         """
-        connection = cls(VoiceJoin.from_events(voice_state, voice_server), ssl=ssl, modes=modes)
+        connection = cls(
+            VoiceJoin.from_events(voice_state, voice_server), ssl=ssl, modes=modes, dave=dave
+        )
         try:
             async with asyncio.timeout(timeout):
                 await connection._start()
@@ -242,6 +255,12 @@ class VoiceConnection:
     @property
     def mode(self) -> str | None:
         return self.gateway.mode
+
+    @property
+    def dave(self) -> DaveMember:
+        """The call's end-to-end encryption as this member sees it: ``state``, ``epoch``,
+        ``privacy_code``, ``verification_code(user_id)`` and the frame counters."""
+        return self.gateway.dave
 
     @property
     def user_id(self) -> str:
@@ -292,10 +311,14 @@ class VoiceConnection:
         if cipher is None or media is None or media.transport is None or ready is None:
             self.frames_dropped += 1
             return False
+        payload = self.gateway.dave.encrypt(opus)
+        if payload is None:
+            self.frames_dropped += 1  # DAVE could not encrypt it: never send it in the clear
+            return False
         header = _RTP_HEADER.pack(0x80, 0x78, self.sequence, self.timestamp, ready.ssrc)
         self.sequence = (self.sequence + 1) & 0xFFFF
         self.timestamp = (self.timestamp + samples) & 0xFFFF_FFFF
-        media.transport.sendto(cipher.seal(header, opus))
+        media.transport.sendto(cipher.seal(header, payload))
         self.packets_sent += 1
         return True
 
@@ -346,6 +369,9 @@ class VoiceConnection:
                 break
             action = after_close(code)
             log.info("voice gateway closed (%s %s): %s", code, reason, action.value)
+            if code == CloseCode.E2EE_REQUIRED:
+                self._failure = VoiceConnectionError(self._dave_required(reason), code)
+                break
             if action is CloseAction.STOP:
                 break
             if not self._ready.is_set() and action is not CloseAction.RESUME and attempts:
@@ -368,6 +394,19 @@ class VoiceConnection:
         if not self.closed.is_set():
             self.closed.set()
             self._events.put_nowait(ConnectionClosed(code, reason))
+
+    def _dave_required(self, reason: str) -> str:
+        offered = self.gateway.max_dave_protocol_version
+        told = f" ({reason})" if reason else ""
+        if offered == 0:
+            return (
+                "the voice server requires DAVE end-to-end encryption"
+                f"{told}; this connection was made with dave=False"
+            )
+        return (
+            "the voice server requires DAVE end-to-end encryption"
+            f"{told}, though this connection offered DAVE protocol version {offered}"
+        )
 
     async def _session(self, *, resume: bool) -> tuple[int | None, str]:
         """One WebSocket, from open to close; returns the close code and reason."""
@@ -407,6 +446,8 @@ class VoiceConnection:
                     heartbeat = asyncio.create_task(self._heartbeat(ws))
                 if self.gateway.state is GatewayState.RESUMING:
                     replayed += 1
+                for frame in self.gateway.frames_to_send():
+                    await self._send(frame)  # DAVE's answers, before anything else happens
                 await self._handle(server_message, replayed)
         finally:
             if heartbeat is not None:
@@ -505,6 +546,22 @@ class VoiceConnection:
             self.packets_dropped += 1
             return
         self.packets_received += 1
+        if header[0] & 0x20 and payload:
+            # RTP padding (RFC 3550 §5.1), which Discord's clients do send: it would hide
+            # the DAVE frame's trailer (py-cord #3202, Discord.Net #3262).
+            padding = payload[-1]
+            if not 0 < padding <= len(payload):
+                self.packets_dropped += 1
+                return
+            payload = payload[: len(payload) - padding]
         ssrc = int.from_bytes(header[8:12], "big")
+        if not self._listeners:
+            return
+        dave = self.gateway.dave
+        if dave.enabled:
+            opened = dave.decrypt(self.gateway.users_by_ssrc.get(ssrc), payload)
+            if opened is None:
+                return
+            payload = opened
         for listener in self._listeners:
             listener(ssrc, header, payload)

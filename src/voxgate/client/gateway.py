@@ -3,9 +3,11 @@
 :class:`ClientGateway` turns frames the server sent into typed events and builds the frames
 a client sends, exactly as Discord's voice servers expect them (PROTOCOL.md §1-2):
 Identify with ``max_dave_protocol_version``, v8 heartbeats ``{t, seq_ack}``, Resume with
-the last ``seq`` seen, Select Protocol with the best mode both sides support. It also says
-what to do when the WebSocket closes (:func:`after_close`). ``connection.py`` is the
-adapter that moves the frames and does the UDP side.
+the last ``seq`` seen, Select Protocol with the best mode both sides support. DAVE's
+messages go to the session's :class:`~voxgate.client.dave.DaveMember`, whose answers wait
+in :meth:`ClientGateway.frames_to_send`. It also says what to do when the WebSocket closes
+(:func:`after_close`). ``connection.py`` is the adapter that moves the frames and does the
+UDP side.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from voxgate.client.dave import DaveMember
 from voxgate.protocol.messages import (
     ClientDisconnect,
     ClientsConnect,
@@ -146,11 +149,12 @@ class ClientGateway:
         join: VoiceJoin,
         *,
         modes: Sequence[str] | None = None,
-        max_dave_protocol_version: int = 0,
+        dave: bool = True,
     ) -> None:
         self.join = join
         self.preferred_modes = tuple(modes) if modes else tuple(m.value for m in MODE_PREFERENCE)
-        self.max_dave_protocol_version = max_dave_protocol_version
+        #: The call's end-to-end encryption, for this member (``dave=False``: never).
+        self.dave = DaveMember(join.user_id, join.channel_id, enabled=dave)
         self.state = GatewayState.CONNECTING
         self.seq_ack = -1
         self.heartbeat_interval_s: float | None = None
@@ -161,6 +165,11 @@ class ClientGateway:
         self.users_by_ssrc: dict[int, str] = {}
         self.last_heartbeat_sent: int | None = None
         self.heartbeats_acked = 0
+        self._outgoing: list[str | bytes] = []
+
+    @property
+    def max_dave_protocol_version(self) -> int:
+        return self.dave.max_protocol_version
 
     def identify(self) -> str | bytes:
         """Start a new session on a fresh WebSocket."""
@@ -168,6 +177,7 @@ class ClientGateway:
         self.seq_ack = -1
         self.ready = None
         self.description = None
+        self.dave.connected_users.clear()  # the new session's op 11 names them again
         return encode(
             Identify(
                 server_id=self.join.guild_id,
@@ -224,7 +234,11 @@ class ClientGateway:
         voice gateway messages.
         """
         message, seq = decode_server_frame(frame)
-        if seq is not None and not isinstance(frame, bytes):
+        if seq is not None:
+            if isinstance(frame, bytes) and self.seq_ack >= 0:
+                # Binary frames carry the same counter as a wrapping u16 (DAVE.md §2).
+                ahead = (seq - self.seq_ack) & 0xFFFF
+                seq = self.seq_ack + ahead if ahead < 0x8000 else self.seq_ack
             self.seq_ack = max(self.seq_ack, seq)
         match message:
             case Hello():
@@ -248,4 +262,11 @@ class ClientGateway:
                         del self.users_by_ssrc[ssrc]
             case ClientsConnect():
                 pass
+        for reply in self.dave.handle(message):
+            self._outgoing.append(encode(reply))
         return message
+
+    def frames_to_send(self) -> list[str | bytes]:
+        """The frames :meth:`receive` produced in answer (DAVE's), to send in this order."""
+        frames, self._outgoing = self._outgoing, []
+        return frames
