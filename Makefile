@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/interop/js
+BOTS := tests/sandbox/bots
 
-.PHONY: run test venv dev npm lint typecheck pytest fuzz clean
+.PHONY: run test venv dev npm system lint typecheck pytest fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +22,23 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-dev: $(VENV)/.installed-dev npm
+dev: $(VENV)/.installed-dev npm system
 
-# The third-party JavaScript client the interop tests drive (@discordjs/voice).
-npm: $(JS)/node_modules/.package-lock.json
+# System programs the tests run: FFmpeg for the sandbox's discord.py music bot
+# (discord.FFmpegOpusAudio runs the ffmpeg executable; voxgate itself needs none).
+system:
+	@command -v ffmpeg >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
+
+# The third-party JavaScript client the interop tests drive (@discordjs/voice), and the
+# discord.js bots the sandbox tests run.
+npm: $(JS)/node_modules/.package-lock.json $(BOTS)/node_modules/.package-lock.json
 
 $(JS)/node_modules/.package-lock.json: $(JS)/package.json $(JS)/package-lock.json
 	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(BOTS)/node_modules/.package-lock.json: $(BOTS)/package.json $(BOTS)/package-lock.json
+	cd $(BOTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 # One node on the defaults: wss on 127.0.0.1:8443, UDP on 8443, admin HTTP on 127.0.0.1:8444,
@@ -53,4 +64,4 @@ fuzz: dev
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JS)/node_modules $(BOTS)/node_modules .pytest_cache .mypy_cache .ruff_cache
