@@ -63,6 +63,10 @@ def _no_socket(packet: bytes, address: tuple[str, int]) -> None:
     return None
 
 
+def _admit_any(key: ChannelKey) -> str | None:
+    return None
+
+
 def _another_node(endpoint: str) -> str:
     return f"authentication failed: token is for another node ({endpoint[:64]})"
 
@@ -81,6 +85,9 @@ class Router:
         self.channels: dict[ChannelKey, Channel] = {}
         #: The media socket's sendto; the node sets it once the socket is bound.
         self.sendto: SendTo = _no_socket
+        #: Asked before a channel opens on this node: None admits it, else the reason it
+        #: is hosted elsewhere (a cluster node's placement sets it; closes with 4022).
+        self.admit_channel: Callable[[ChannelKey], str | None] = _admit_any
 
     # --- gateway -------------------------------------------------------------------------
 
@@ -105,6 +112,10 @@ class Router:
                 "authentication failed: token is for another guild, user or session",
             )
             return
+        key = (grant.guild_id, grant.channel_id)
+        if key not in self.channels and (elsewhere := self.admit_channel(key)) is not None:
+            connection.close(CloseCode.CALL_TERMINATED, elsewhere)
+            return
         existing = self.sessions.get(grant.session_id)
         if existing is not None:
             if existing.connection is not None:
@@ -120,7 +131,6 @@ class Router:
                 # One voice state per user per guild, as on Discord: the newer join wins.
                 self.leave(other, "joined from another session", close=CloseCode.DISCONNECTED)
 
-        key = (grant.guild_id, grant.channel_id)
         channel = self.channels.get(key)
         if channel is None:
             channel = self.channels[key] = Channel(key)
