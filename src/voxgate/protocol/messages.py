@@ -234,10 +234,15 @@ class DaveExecuteTransition(_Message, frozen=True, kw_only=True):
 
 
 class DavePrepareEpoch(_Message, frozen=True, kw_only=True):
-    """Op 24: a new MLS epoch; ``epoch == 1`` means create a new group."""
+    """Op 24: a new MLS epoch; ``epoch == 1`` means create a new group.
+
+    ``transition_id`` is in DOCS:276 and discord-api-types' older form; discord.py and
+    discord.js read only the other two, so the server sends all three (DAVE.md §2).
+    """
 
     protocol_version: int
     epoch: int
+    transition_id: U16 | UnsetType = UNSET
 
 
 class MlsExternalSender(_Message, frozen=True, kw_only=True):
