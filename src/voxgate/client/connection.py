@@ -65,6 +65,20 @@ RECONNECT_MAX_DELAY_S = 2.0
 _RTP_HEADER = struct.Struct(">BBHII")
 
 
+def strip_padding(payload: bytes) -> bytes | None:
+    """The payload of a packet with the RTP padding bit set, without its padding (RFC 3550
+    §5.1: the last byte counts the padding, itself included); None if that count is 0 or
+    longer than the payload.
+
+    Discord's clients do pad packets, and padding left on hides the DAVE frame's trailer
+    (py-cord #3202, Discord.Net #3262, disgo #593).
+    """
+    padding = payload[-1] if payload else 0
+    if not 0 < padding <= len(payload):
+        return None
+    return payload[: len(payload) - padding]
+
+
 class VoiceConnectionError(VoxgateError):
     """The connection failed or was closed in a way retrying cannot fix."""
 
@@ -546,14 +560,12 @@ class VoiceConnection:
             self.packets_dropped += 1
             return
         self.packets_received += 1
-        if header[0] & 0x20 and payload:
-            # RTP padding (RFC 3550 §5.1), which Discord's clients do send: it would hide
-            # the DAVE frame's trailer (py-cord #3202, Discord.Net #3262).
-            padding = payload[-1]
-            if not 0 < padding <= len(payload):
+        if header[0] & 0x20:
+            unpadded = strip_padding(payload)
+            if unpadded is None:
                 self.packets_dropped += 1
                 return
-            payload = payload[: len(payload) - padding]
+            payload = unpadded
         ssrc = int.from_bytes(header[8:12], "big")
         if not self._listeners:
             return

@@ -152,7 +152,8 @@ class DaveMember:
         return self._session.voice_privacy_code
 
     def verification_code(self, user_id: str) -> str | None:
-        """``user_id``'s verification code in this group (None if it is not a member)."""
+        """The verification code of this member and ``user_id`` as a pair (the same on both
+        sides; compare it with ``user_id`` out of band). None if it is not in the group."""
         if self._session is None or not self._session.ready:
             return None
         try:
@@ -172,7 +173,12 @@ class DaveMember:
 
     def decryption_counts(self, user_id: str) -> tuple[int, int, int]:
         """davey's own ``(successes, failures, passthroughs)`` for frames from ``user_id``."""
-        stats = None if self._session is None else self._session.get_decryption_stats(int(user_id))
+        try:
+            stats = (
+                None if self._session is None else self._session.get_decryption_stats(int(user_id))
+            )
+        except ValueError:  # no decryptor for that user
+            stats = None
         if stats is None:
             return 0, 0, 0
         return stats.successes, stats.failures, stats.passthroughs
