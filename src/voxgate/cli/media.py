@@ -4,6 +4,11 @@ Both join with the two Discord events: ``--join FILE`` (or ``-`` for stdin) hold
 ``voxgate token`` prints or what Discord's gateway gave a bot, or ``--guild/--channel/
 --user`` to have a local node mint them through its admin API (reading the node's address
 and admin key from its data dir, so the client never imports server code).
+
+Both end-to-end encrypt with DAVE when the server offers it (``--no-dave``: never) and
+print the call's privacy code each time it changes: the members of a call compare it (read
+aloud, or side by side with what Discord's clients show) to know that nobody, the voice
+server included, sits in the middle.
 """
 
 from __future__ import annotations
@@ -85,6 +90,45 @@ def _join_events(
     return _mint(folder, guild, channel, user), folder / "tls" / "ca.pem"
 
 
+def _privacy_code(code: str) -> str:
+    """Discord's clients show the 30 digits in groups of five."""
+    return " ".join(code[i : i + 5] for i in range(0, len(code), 5))
+
+
+def _e2ee(connection: Any) -> str:
+    """One line on the call's end-to-end encryption, for a status display."""
+    from voxgate.client.dave import DaveState
+
+    dave = connection.dave
+    state = dave.state
+    if state is DaveState.ACTIVE and dave.privacy_code:
+        return f"E2EE epoch {dave.epoch}, privacy code {_privacy_code(dave.privacy_code)}"
+    if state is DaveState.DISABLED:
+        return "not end-to-end encrypted (--no-dave)"
+    if state is DaveState.INACTIVE:
+        why = "downgraded for a member without DAVE" if dave.downgraded else "server without DAVE"
+        return f"not end-to-end encrypted ({why})"
+    return "E2EE pending (waiting for the group)"
+
+
+class _PrivacyCodes:
+    """Prints the privacy code each time it changes (a member joined or left)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.shown: str | None = None
+
+    def check(self) -> None:
+        code = self.connection.dave.privacy_code
+        if code and code != self.shown:
+            self.shown = code
+            console.print(
+                f"privacy code (epoch {self.connection.dave.epoch}): [bold]{_privacy_code(code)}"
+                "[/bold]  compare it with the other members",
+                highlight=False,
+            )
+
+
 def _ssl_context(ca: Path | None) -> ssl.SSLContext | None:
     if ca is None or not ca.exists():
         return None
@@ -102,11 +146,12 @@ def play(
     data_dir: Path | None = typer.Option(None, help="The local node's data dir."),
     ca: Path | None = typer.Option(None, help="CA file to trust (default: the node's, if local)."),
     volume: float = typer.Option(1.0, help="Volume for re-encoded sources (1.0 = as is)."),
+    dave: bool = typer.Option(True, help="End-to-end encrypt with DAVE when offered."),
 ) -> None:
     """Join a voice channel and play a file into it, paced at 20 ms a frame."""
     events, local_ca = _join_events(join, data_dir, guild, channel, user)
     try:
-        asyncio.run(_play(file, events, _ssl_context(ca or local_ca), volume))
+        asyncio.run(_play(file, events, _ssl_context(ca or local_ca), volume, dave))
     except VoxgateError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -114,7 +159,7 @@ def play(
 
 
 async def _play(
-    file: str, events: dict[str, Any], context: ssl.SSLContext | None, volume: float
+    file: str, events: dict[str, Any], context: ssl.SSLContext | None, volume: float, dave: bool
 ) -> None:
     from voxgate.client import VoiceConnection
     from voxgate.client.player import AudioPlayer
@@ -122,9 +167,10 @@ async def _play(
 
     source = open_source(file)
     connection = await VoiceConnection.connect(
-        events["voice_state"], events["voice_server"], ssl=context
+        events["voice_state"], events["voice_server"], ssl=context, dave=dave
     )
     async with connection:
+        codes = _PrivacyCodes(connection)
         player = AudioPlayer(connection, source)
         if volume != 1.0 and hasattr(source, "volume"):
             player.volume = volume
@@ -132,9 +178,10 @@ async def _play(
         task = player.start()
         with Live(console=console, refresh_per_second=8, transient=True) as live:
             while not task.done():
+                codes.check()
                 live.update(
                     f"[bold]playing[/bold] {file}  {time.monotonic() - started:6.1f} s  "
-                    f"{player.frames_sent} packets  mode {connection.mode}"
+                    f"{player.frames_sent} packets  mode {connection.mode}  {_e2ee(connection)}"
                 )
                 await asyncio.wait({task}, timeout=0.125)
         await task
@@ -145,6 +192,7 @@ async def _play(
             f"send jitter p99 {p99:.2f} ms, ssrc {connection.ssrc}, mode {connection.mode}",
             highlight=False,
         )
+        console.print(_e2ee(connection), highlight=False)
 
 
 def record(
@@ -159,11 +207,12 @@ def record(
     opus: bool = typer.Option(
         False, help="Also write each speaker's raw Opus packets (.opus.jsonl)."
     ),
+    dave: bool = typer.Option(True, help="End-to-end encrypt with DAVE when offered."),
 ) -> None:
     """Join a voice channel and record everyone: one WAV per user and a mixed-down WAV."""
     events, local_ca = _join_events(join, data_dir, guild, channel, user)
     try:
-        asyncio.run(_record(outdir, seconds, events, _ssl_context(ca or local_ca), opus))
+        asyncio.run(_record(outdir, seconds, events, _ssl_context(ca or local_ca), opus, dave))
     except VoxgateError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:
@@ -171,20 +220,30 @@ def record(
 
 
 async def _record(
-    outdir: Path, seconds: float, events: dict[str, Any], context: ssl.SSLContext | None, opus: bool
+    outdir: Path,
+    seconds: float,
+    events: dict[str, Any],
+    context: ssl.SSLContext | None,
+    opus: bool,
+    dave: bool,
 ) -> None:
     from voxgate.client import VoiceConnection
     from voxgate.client.receiver import AudioReceiver
 
     connection = await VoiceConnection.connect(
-        events["voice_state"], events["voice_server"], ssl=context
+        events["voice_state"], events["voice_server"], ssl=context, dave=dave
     )
     async with connection:
+        codes = _PrivacyCodes(connection)
         receiver = AudioReceiver(connection)
         started = time.monotonic()
 
         def table() -> Table:
-            view = Table(title=f"recording {time.monotonic() - started:5.1f} / {seconds:g} s")
+            codes.check()
+            view = Table(
+                title=f"recording {time.monotonic() - started:5.1f} / {seconds:g} s",
+                caption=_e2ee(connection),
+            )
             view.add_column("user")
             view.add_column("packets", justify="right")
             view.add_column("level")
@@ -211,6 +270,7 @@ async def _record(
                 highlight=False,
             )
         console.print(f"  mix.wav; packets lost: {receiver.lost}", highlight=False)
+        console.print(_e2ee(connection), highlight=False)
 
 
 def register(app: typer.Typer) -> None:
