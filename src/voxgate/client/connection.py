@@ -29,6 +29,7 @@ import logging
 import ssl as ssl_module
 import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from voxgate.protocol.messages import (
     MAX_FRAME_SIZE,
     ClientDisconnect,
     ClientsConnect,
+    HeartbeatAck,
     Ready,
     Resumed,
     SessionDescription,
@@ -176,10 +178,12 @@ class VoiceConnection:
         ssl: ssl_module.SSLContext | bool | None = None,
         modes: Sequence[str] | None = None,
         dave: bool = True,
+        reconnect: bool = True,
     ) -> None:
         self.join = join
         self.gateway = ClientGateway(join, modes=modes, dave=dave)
         self._ssl = ssl
+        self._reconnect = reconnect
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._media: _MediaSocket | None = None
@@ -203,6 +207,9 @@ class VoiceConnection:
         # Counts WebSockets that reached a described or resumed session.
         self._healthy = 0
         self._last_ssrc: int | None = None
+        #: Heartbeat round trips (seconds), the most recent last.
+        self.latencies: deque[float] = deque(maxlen=20)
+        self._heartbeat_sent: tuple[int, float] | None = None
 
     # --- joining -------------------------------------------------------------------------
 
@@ -215,18 +222,25 @@ class VoiceConnection:
         ssl: ssl_module.SSLContext | bool | None = None,
         modes: Sequence[str] | None = None,
         dave: bool = True,
+        reconnect: bool = True,
         timeout: float = 20.0,
     ) -> VoiceConnection:
         """Join with VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE; returns once media can flow.
 
         ``ssl`` is the context to trust the server with (default: the system's CAs);
         ``modes`` overrides the order of encryption modes preferred; ``dave=False``
-        identifies without end-to-end encryption (``max_dave_protocol_version: 0``).
-        Raises :class:`VoiceConnectionError` when the server refuses the session (4004,
-        4014, 4017 "DAVE required", ...) or nothing answers within ``timeout`` seconds.
+        identifies without end-to-end encryption (``max_dave_protocol_version: 0``);
+        ``reconnect=False`` ends the connection when its WebSocket closes instead of
+        resuming (discord.py's ``connect(reconnect=False)``). Raises
+        :class:`VoiceConnectionError` when the server refuses the session (4004, 4014,
+        4017 "DAVE required", ...) or nothing answers within ``timeout`` seconds.
         """
         connection = cls(
-            VoiceJoin.from_events(voice_state, voice_server), ssl=ssl, modes=modes, dave=dave
+            VoiceJoin.from_events(voice_state, voice_server),
+            ssl=ssl,
+            modes=modes,
+            dave=dave,
+            reconnect=reconnect,
         )
         try:
             async with asyncio.timeout(timeout):
@@ -386,7 +400,7 @@ class VoiceConnection:
             if code == CloseCode.E2EE_REQUIRED:
                 self._failure = VoiceConnectionError(self._dave_required(reason), code)
                 break
-            if action is CloseAction.STOP:
+            if action is CloseAction.STOP or not self._reconnect:
                 break
             if not self._ready.is_set() and action is not CloseAction.RESUME and attempts:
                 break
@@ -494,6 +508,8 @@ class VoiceConnection:
                 self._events.put_nowait(MembersConnected(tuple(message.user_ids)))
             case ClientDisconnect():
                 self._events.put_nowait(MemberDisconnected(message.user_id))
+            case HeartbeatAck() if self._heartbeat_sent and self._heartbeat_sent[0] == message.t:
+                self.latencies.append(time.monotonic() - self._heartbeat_sent[1])
             case Resumed():
                 self._healthy += 1
                 self._events.put_nowait(ConnectionResumed(max(replayed - 1, 0)))
@@ -527,8 +543,10 @@ class VoiceConnection:
         interval = self.gateway.heartbeat_interval_s or 5.0
         while not ws.closed:
             await asyncio.sleep(interval)
+            nonce = int(time.time() * 1000)
+            self._heartbeat_sent = (nonce, time.monotonic())
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self._send(self.gateway.heartbeat(int(time.time() * 1000)))
+                await self._send(self.gateway.heartbeat(nonce))
 
     async def _keep_alive(self) -> None:
         counter = 0

@@ -80,15 +80,23 @@ class OggOpusSource:
         return _threaded(self.frames())
 
 
-class _OpusEncoder:
-    """s16le stereo 48 kHz PCM in, 20 ms Opus packets out, with an optional volume."""
+class OpusEncoder:
+    """s16le stereo 48 kHz PCM in, 20 ms Opus packets out, with an optional volume.
 
-    def __init__(self, bitrate: int = DEFAULT_BITRATE) -> None:
+    ``options`` are libopus encoder options as FFmpeg names them (``application``,
+    ``packet_loss``, ``fec``, ``vbr``, ...).
+    """
+
+    def __init__(
+        self, bitrate: int = DEFAULT_BITRATE, *, options: dict[str, str] | None = None
+    ) -> None:
         self._codec = av.CodecContext.create("libopus", "w")
         self._codec.sample_rate = SAMPLE_RATE
         self._codec.layout = "stereo"
         self._codec.format = "s16"
         self._codec.bit_rate = bitrate
+        if options:
+            self._codec.options = dict(options)
         self._pending = b""
         self._pts = 0
         self.volume = 1.0
@@ -140,7 +148,7 @@ class FFmpegSource:
     def __init__(self, source: str | Path, *, bitrate: int = DEFAULT_BITRATE) -> None:
         self._source = str(source)
         self._bitrate = bitrate
-        self._encoder: _OpusEncoder | None = None
+        self._encoder: OpusEncoder | None = None
         self.volume = 1.0
 
     def frames(self) -> Iterator[bytes]:
@@ -153,7 +161,7 @@ class FFmpegSource:
                 raise SourceError(f"{self._source} has no audio stream")
             stream = container.streams.audio[0]
             resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
-            encoder = self._encoder = _OpusEncoder(self._bitrate)
+            encoder = self._encoder = OpusEncoder(self._bitrate)
             for frame in container.decode(stream):
                 for converted in resampler.resample(frame):
                     encoder.volume = self.volume
@@ -176,7 +184,7 @@ class PCMSource:
         self.volume = 1.0
 
     def frames(self) -> Iterator[bytes]:
-        encoder = _OpusEncoder(self._bitrate)
+        encoder = OpusEncoder(self._bitrate)
         chunks: Iterable[bytes]
         if hasattr(self._pcm, "read"):
             stream = self._pcm
