@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 JS := tests/interop/js
 BOTS := tests/sandbox/bots
+PYCORD_VENV := .venv-pycord
 
-.PHONY: run test venv dev npm system lint typecheck pytest fuzz clean
+.PHONY: run test venv dev npm system pycord lint typecheck pytest fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +23,15 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
-dev: $(VENV)/.installed-dev npm system
+dev: $(VENV)/.installed-dev npm system pycord
 
 # System programs the tests run: FFmpeg for the sandbox's discord.py music bot
-# (discord.FFmpegOpusAudio runs the ffmpeg executable; voxgate itself needs none).
+# (discord.FFmpegOpusAudio runs the ffmpeg executable; voxgate itself needs none), and
+# redis-server for the cluster tests (each starts its own on a free port; the packaged
+# service on 6379 is not used).
 system:
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
+	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server)
 
 # The third-party JavaScript client the interop tests drive (@discordjs/voice), and the
 # discord.js bots the sandbox tests run.
@@ -39,6 +43,16 @@ $(JS)/node_modules/.package-lock.json: $(JS)/package.json $(JS)/package-lock.jso
 
 $(BOTS)/node_modules/.package-lock.json: $(BOTS)/package.json $(BOTS)/package-lock.json
 	cd $(BOTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The third real client of the interop tests (py-cord), in a virtual environment of its
+# own: py-cord and discord.py both install the `discord` package and must never share one.
+pycord: $(PYCORD_VENV)/.installed
+
+$(PYCORD_VENV)/.installed: tests/interop/pycord-requirements.txt
+	test -x $(PYCORD_VENV)/bin/python || $(PYTHON) -m venv $(PYCORD_VENV)
+	$(PYCORD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PYCORD_VENV)/bin/python -m pip install --quiet -r tests/interop/pycord-requirements.txt
 	touch $@
 
 # One node on the defaults: wss on 127.0.0.1:8443, UDP on 8443, admin HTTP on 127.0.0.1:8444,
@@ -64,4 +78,4 @@ fuzz: dev
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/run.py
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules $(BOTS)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PYCORD_VENV) $(JS)/node_modules $(BOTS)/node_modules .pytest_cache .mypy_cache .ruff_cache

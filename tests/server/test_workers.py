@@ -1,7 +1,8 @@
 """``voxgate serve --workers N``: the endpoint claim, the placement rules, and real workers.
 
-The placement is tested as a pure object with ``now`` passed in; the rest runs real
-``voxgate serve`` processes on loopback and joins them with the client library.
+The placement rules live in tests/cluster/test_placement.py (both backends); this runs
+real ``voxgate serve --workers`` processes on loopback and joins them with the client
+library.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from voxgate.client import VoiceConnection, VoiceConnectionError
 from voxgate.protocol.messages import Identify, Ready, Resume
 from voxgate.protocol.opcodes import CloseCode
 from voxgate.server.auth import TokenAuthority
-from voxgate.server.workers import Placement
 
 OTHER = "127.0.0.1:1"
-TTL = 600.0
 
 
 # --- the endpoint claim on one node ------------------------------------------------------
@@ -79,77 +78,9 @@ async def test_resume_with_a_token_for_another_node_is_refused_with_4004(
     assert reason == f"authentication failed: token is for another node ({OTHER})"
 
 
-# --- placement ---------------------------------------------------------------------------
-
-
-def test_a_new_channel_goes_to_the_least_loaded_worker_lowest_index_first() -> None:
-    placement = Placement(3, TTL)
-    assert [placement.place(("g", c), now=0) for c in "abcd"] == [0, 1, 2, 0]
-    assert placement.placed == [2, 1, 1]
-
-
-def test_a_placed_channel_sticks_to_its_worker() -> None:
-    placement = Placement(2, TTL)
-    assert placement.place(("g", "a"), now=0) == 0
-    assert placement.place(("g", "b"), now=0) == 1
-    assert [placement.place(("g", "a"), now=t) for t in (1, 2, 3)] == [0, 0, 0]
-    assert placement.placed == [1, 1]
-
-
-def test_a_new_channel_avoids_workers_that_are_down_and_a_placed_one_does_not_move() -> None:
-    placement = Placement(2, TTL)
-    assert placement.place(("g", "a"), now=0) == 0
-    assert placement.place(("g", "b"), now=0, eligible=[1]) == 1
-    assert placement.place(("g", "c"), now=0, eligible=[1]) == 1
-    assert placement.place(("g", "a"), now=0, eligible=[1]) == 0
-
-
-def test_an_empty_channel_is_kept_while_a_token_minted_for_it_is_valid() -> None:
-    placement = Placement(2, TTL)
-    placement.place(("g", "a"), now=100)
-    assert placement.observe(0, [], now=100 + TTL - 1) == []
-    assert placement.worker_of(("g", "a")) == 0
-    # The newest token counts: a second join pushes the release back.
-    placement.place(("g", "a"), now=200)
-    assert placement.observe(0, [], now=100 + TTL) == []
-    assert placement.observe(0, [], now=200 + TTL) == [("g", "a")]
-    assert placement.worker_of(("g", "a")) is None
-    assert placement.placed == [0, 0]
-
-
-def test_an_occupied_channel_is_kept_after_its_tokens_expire() -> None:
-    placement = Placement(2, TTL)
-    placement.place(("g", "a"), now=0)
-    # Detached sessions waiting to resume are in the worker's report too.
-    assert placement.observe(0, [("g", "a")], now=10 * TTL) == []
-    assert placement.worker_of(("g", "a")) == 0
-    assert placement.observe(0, [], now=11 * TTL) == [("g", "a")]
-
-
-def test_a_report_releases_only_its_own_workers_channels() -> None:
-    placement = Placement(2, TTL)
-    placement.place(("g", "a"), now=0)
-    placement.place(("g", "b"), now=0)
-    assert placement.observe(1, [], now=TTL) == [("g", "b")]
-    assert placement.worker_of(("g", "a")) == 0
-
-
-def test_a_released_channel_is_placed_afresh_on_the_least_loaded_worker() -> None:
-    placement = Placement(2, TTL)
-    for channel in "abcd":
-        placement.place(("g", channel), now=0)
-    assert placement.observe(1, [], now=TTL) == [("g", "b"), ("g", "d")]
-    assert placement.placed == [2, 0]
-    assert placement.place(("g", "b"), now=TTL) == 1
-    assert placement.place(("g", "x"), now=TTL) == 1
-
-
-def test_a_channel_joined_without_placement_is_adopted_where_it_is() -> None:
-    # Members who joined with tokens naming no endpoint (voxgate token --endpoint ...).
-    placement = Placement(2, TTL)
-    assert placement.observe(1, [("g", "x")], now=5) == []
-    assert placement.place(("g", "x"), now=6) == 1
-    assert placement.placed == [0, 1]
+# The placement rules (least-loaded, sticky, kept while a token is valid, adopted, released)
+# are tested in tests/cluster/test_placement.py over the supervisor's memory backend and
+# over Redis.
 
 
 # --- real workers ------------------------------------------------------------------------

@@ -21,9 +21,10 @@ from typing import Any, Protocol
 import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from voxgate.errors import VoxgateError
 from voxgate.server.auth import TokenAuthority, VoiceGrant
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,45 @@ class WorkersView(NodeView, Protocol):
 
     async def refresh(self) -> None: ...
 
-    def place(self, guild_id: str, channel_id: str, now: float) -> str: ...
+    async def place(self, guild_id: str, channel_id: str, now: float) -> str: ...
+
+    async def view(self) -> dict[str, Any]: ...
 
     def workers(self) -> list[dict[str, Any]]: ...
 
     def workers_alive(self) -> int: ...
+
+
+class PlacedView(Protocol):
+    endpoint: str
+    node_id: str
+    epoch: int
+
+
+class ClusterView(Protocol):
+    """What the admin listener reads from a node's cluster agent (``--redis``); ``place``
+    and ``view`` raise ``PlacementUnavailable`` (a VoxgateError) when Redis is out of reach."""
+
+    node_id: str
+    live_nodes: int
+    channels_placed: int
+    held: dict[tuple[str, str], int]
+    claims_lost: int
+    sessions_fenced: int
+    placements: int
+    placement_seconds_sum: float
+    placement_buckets: list[int]
+
+    @property
+    def store(self) -> Any: ...
+
+    async def place(self, guild_id: str, channel_id: str, now: float) -> PlacedView: ...
+
+    async def view(self) -> dict[str, Any]: ...
+
+    async def refresh_gauges(self) -> None: ...
+
+    def health(self) -> dict[str, Any]: ...
 
 
 class JoinRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,12 +114,17 @@ def join_events(token: str, grant: VoiceGrant, endpoint: str) -> dict[str, dict[
 class _NodeCollector(Collector):
     """Reads the node's plain integer counters at scrape time, so the hot path pays nothing."""
 
-    def __init__(self, node: NodeView, workers: WorkersView | None = None) -> None:
+    def __init__(
+        self, node: NodeView, workers: WorkersView | None = None, cluster: ClusterView | None = None
+    ) -> None:
         self._node = node
         self._workers = workers
+        self._cluster = cluster
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[Any]:
         stats = self._node.stats
+        if self._cluster is not None:
+            yield from _cluster_metrics(self._cluster)
         if self._workers is not None:
             yield GaugeMetricFamily(
                 "voxgate_workers", "Worker processes up", self._workers.workers_alive()
@@ -121,6 +161,40 @@ class _NodeCollector(Collector):
         yield dropped
 
 
+def _cluster_metrics(cluster: ClusterView) -> Iterator[Any]:
+    from voxgate.server.cluster import LATENCY_BUCKETS
+
+    for name, help_text, value in (
+        ("nodes_live", "Live nodes in the cluster, as Redis last said", cluster.live_nodes),
+        ("channels_placed", "Channels placed on the cluster's nodes", cluster.channels_placed),
+        ("channels_held", "Channels this node holds the claim of", len(cluster.held)),
+    ):
+        yield GaugeMetricFamily(f"voxgate_cluster_{name}", help_text, value)
+    yield CounterMetricFamily(
+        "voxgate_redis_errors", "Redis calls that failed (unreachable, timed out)",
+        cluster.store.errors,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "voxgate_cluster_claims_lost", "Channels this node carried and found another node held",
+        cluster.claims_lost,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "voxgate_cluster_sessions_fenced", "Sessions ended here because their channel moved",
+        cluster.sessions_fenced,
+    )  # fmt: skip
+    cumulative, buckets = 0, []
+    for bound, count in zip(LATENCY_BUCKETS, cluster.placement_buckets, strict=True):
+        cumulative += count
+        buckets.append((repr(bound), cumulative))
+    buckets.append(("+Inf", cluster.placements))
+    yield HistogramMetricFamily(
+        "voxgate_placement_seconds",
+        "Time to place a join (Redis round trips included)",
+        buckets=buckets,
+        sum_value=cluster.placement_seconds_sum,
+    )
+
+
 def admin_app(
     node: NodeView,
     authority: TokenAuthority,
@@ -128,11 +202,13 @@ def admin_app(
     endpoint: str,
     *,
     workers: WorkersView | None = None,
+    cluster: ClusterView | None = None,
 ) -> web.Application:
     """The aiohttp application of the admin listener; ``workers`` in front of a supervisor
-    (then ``node`` is the supervisor too, and ``endpoint`` is unused for joins)."""
+    (then ``node`` is the supervisor too, and ``endpoint`` is unused for joins); ``cluster``
+    on a node of a cluster, whose joins go where the placement says."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(_NodeCollector(node, workers))
+    registry.register(_NodeCollector(node, workers, cluster))
     expected = f"Bearer {admin_key}".encode()
 
     async def healthz(request: web.Request) -> web.Response:
@@ -149,11 +225,17 @@ def admin_app(
             health["workers"] = workers.workers()
             if not all(worker["alive"] for worker in health["workers"]):
                 health["status"] = "degraded"
+        if cluster is not None:
+            health["cluster"] = cluster.health()
+            if health["cluster"]["redis"] != "ok":
+                health["status"] = "degraded"
         return web.json_response(health)
 
     async def metrics(request: web.Request) -> web.Response:
         if workers is not None:
             await workers.refresh()
+        if cluster is not None:
+            await cluster.refresh_gauges()
         return web.Response(
             body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
@@ -172,6 +254,35 @@ def admin_app(
                 return web.json_response(
                     {"error": f"{name} must be 1-{MAX_ID_LENGTH} characters"}, status=400
                 )
+        if cluster is not None:
+            now = time.time()
+            try:
+                placed = await cluster.place(body.guild_id, body.channel_id, now)
+            except VoxgateError as exc:
+                log.warning("join for %s/%s not placed: %s", body.guild_id, body.channel_id, exc)
+                return web.json_response(
+                    {"error": f"channel not placed: {exc}", "retry": True},
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+            token, grant = authority.mint(
+                body.guild_id,
+                body.channel_id,
+                body.user_id,
+                body.session_id,
+                endpoint=placed.endpoint,
+                now=now,
+            )
+            log.info(
+                "minted a join: guild %s channel %s user %s on node %s (%s, epoch %d)",
+                grant.guild_id,
+                grant.channel_id,
+                grant.user_id,
+                placed.node_id,
+                placed.endpoint,
+                placed.epoch,
+            )
+            return web.json_response(join_events(token, grant, placed.endpoint))
         if workers is None:
             token, grant = authority.mint(
                 body.guild_id, body.channel_id, body.user_id, body.session_id
@@ -186,7 +297,7 @@ def admin_app(
         # Placed first, with the same clock reading the token's expiry is computed from,
         # so the placement outlives the token.
         now = time.time()
-        placed = workers.place(body.guild_id, body.channel_id, now)
+        placed = await workers.place(body.guild_id, body.channel_id, now)
         token, grant = authority.mint(
             body.guild_id, body.channel_id, body.user_id, body.session_id, endpoint=placed, now=now
         )
@@ -199,8 +310,18 @@ def admin_app(
         )
         return web.json_response(join_events(token, grant, placed))
 
+    async def cluster_view(request: web.Request) -> web.Response:
+        if cluster is None and workers is None:
+            return web.json_response({"error": "this node is not part of a cluster"}, status=404)
+        try:
+            view = await cluster.view() if cluster is not None else await workers.view()  # type: ignore[union-attr]
+        except VoxgateError as exc:
+            return web.json_response({"error": str(exc)}, status=503)
+        return web.json_response(view)
+
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/voice/join", join)
+    app.router.add_get("/v1/cluster", cluster_view)
     return app

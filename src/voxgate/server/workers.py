@@ -2,8 +2,9 @@
 
 A voice channel lives on exactly one worker, so fan-out never crosses processes (DESIGN.md,
 "Scaling out"). The supervisor (the parent process) owns the admin listener and the
-:class:`Placement` of channels onto workers; each worker is a full node with its own wss and
-UDP ports, started with the ``spawn`` method (never ``fork`` under a running event loop),
+:class:`~voxgate.server.placement.Placement` of channels onto workers (the cluster's rules
+over the memory backend); each worker is a full node with its own wss and UDP ports,
+started with the ``spawn`` method (never ``fork`` under a running event loop),
 and talks to the supervisor over one :func:`multiprocessing.Pipe`: it reports the ports it
 bound once, then answers status requests (channels occupied, session counts, counters). The
 supervisor reads the pipes with ``loop.add_reader`` so it never blocks, restarts a worker
@@ -22,7 +23,6 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Collection
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -30,6 +30,7 @@ from typing import Any
 from voxgate.errors import VoxgateError
 from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
+from voxgate.server.placement import DOWN, SERVING, MemoryPlacementStore, NodeLoad, Placement
 from voxgate.server.stats import NodeStats
 from voxgate.server.tls import TlsFiles
 
@@ -54,71 +55,6 @@ ORPHAN_CHECK_S = 1.0
 
 STATUS = "status"
 STOP = "stop"
-
-
-# --- placement ---------------------------------------------------------------------------
-
-
-class Placement:
-    """Which worker hosts which channel: sticky, least-loaded, released only when unused.
-
-    A placement outlives its last session for as long as a token minted for the channel is
-    still valid, so a token already handed out can never send its holder to a different
-    worker than the channel's other members. Time is a parameter (``now``, wall-clock
-    seconds, as token expiry is), so the rules are tested without sleeping.
-    """
-
-    def __init__(self, workers: int, token_ttl_s: float) -> None:
-        if workers < 1:
-            raise ValueError("at least one worker")
-        self.token_ttl_s = token_ttl_s
-        self._worker_of: dict[ChannelKey, int] = {}
-        self._tokens_until: dict[ChannelKey, float] = {}
-        self.placed = [0] * workers
-
-    def worker_of(self, key: ChannelKey) -> int | None:
-        return self._worker_of.get(key)
-
-    def place(self, key: ChannelKey, now: float, eligible: Collection[int] | None = None) -> int:
-        """The worker of ``key``, placing it on the least-loaded one when new; records that
-        a token for it is minted at ``now``. ``eligible`` limits where a new channel may go
-        (workers that are up); a channel already placed stays where it is."""
-        worker = self._worker_of.get(key)
-        if worker is None:
-            candidates = [
-                index for index in range(len(self.placed)) if eligible is None or index in eligible
-            ] or list(range(len(self.placed)))
-            worker = min(candidates, key=lambda index: (self.placed[index], index))
-            self._worker_of[key] = worker
-            self.placed[worker] += 1
-        self._tokens_until[key] = max(self._tokens_until.get(key, 0.0), now + self.token_ttl_s)
-        return worker
-
-    def observe(
-        self, worker: int, occupied: Collection[ChannelKey], now: float
-    ) -> list[ChannelKey]:
-        """Take a worker's report of the channels that have any session (detached ones
-        included), made no earlier than ``now``; returns the placements released.
-
-        A channel occupied on a worker without a placement (joined with a token that names
-        no endpoint) is adopted there, so later joins follow its members.
-        """
-        occupied = set(occupied)
-        for key in occupied:
-            if key not in self._worker_of:
-                self._worker_of[key] = worker
-                self._tokens_until[key] = now
-                self.placed[worker] += 1
-        released = [
-            key
-            for key, placed_on in self._worker_of.items()
-            if placed_on == worker and key not in occupied and now >= self._tokens_until[key]
-        ]
-        for key in released:
-            del self._worker_of[key]
-            del self._tokens_until[key]
-            self.placed[worker] -= 1
-        return released
 
 
 # --- the pipe ----------------------------------------------------------------------------
@@ -297,7 +233,11 @@ class Supervisor:
     def __init__(self, specs: list[WorkerSpec], authority: TokenAuthority) -> None:
         self.authority = authority
         self.handles = [WorkerHandle(spec) for spec in specs]
-        self.placement = Placement(len(specs), authority.ttl_s)
+        # The cluster's placement rules over the supervisor's memory: each worker is a
+        # node that stays live while the supervisor runs (it restarts dead workers on the
+        # same ports, so their channels wait for them) and takes new channels while up.
+        self.store = MemoryPlacementStore()
+        self.placement = Placement(self.store, authority.ttl_s)
         self._context = multiprocessing.get_context("spawn")
         self._running = False
         self._closing = False
@@ -500,18 +440,63 @@ class Supervisor:
         if not asked:
             return
         done, _ = await asyncio.wait(asked, timeout=STATUS_TIMEOUT_S)
+        await self._register()
         for future in done:
             if future.exception() is None:
                 handle = asked[future]
-                for key in self.placement.observe(handle.index, future.result().channels, now):
+                reconciled = await self.store.reconcile(
+                    node_id(handle.index), future.result().channels, {}, now
+                )
+                for key in reconciled.released:
                     log.debug("channel %s/%s released from worker %d", *key, handle.index)
+                for key, owner in reconciled.lost.items():
+                    # Members with tokens naming no endpoint, on two workers: not fenced
+                    # here (a worker is told nothing), later joins follow the claim.
+                    log.info("channel %s/%s is on worker %d and %s", *key, handle.index, owner)
 
-    def place(self, guild_id: str, channel_id: str, now: float) -> str:
+    async def _register(self) -> None:
+        for handle in self.handles:
+            await self.store.heartbeat(
+                NodeLoad(
+                    node_id=node_id(handle.index),
+                    endpoint=handle.endpoint,
+                    state=SERVING if handle.alive else DOWN,
+                    sessions=handle.status.sessions if handle.status and handle.alive else 0,
+                    channels=len(handle.status.channels) if handle.status and handle.alive else 0,
+                ),
+                ttl_s=None,
+            )
+
+    async def place(self, guild_id: str, channel_id: str, now: float) -> str:
         """The endpoint of the worker hosting the channel (placing it when new), for a
         token minted at ``now``."""
-        alive = [handle.index for handle in self.handles if handle.alive]
-        worker = self.placement.place((guild_id, channel_id), now, alive or None)
-        return self.handles[worker].endpoint
+        await self._register()
+        if not any(handle.alive for handle in self.handles):
+            # Every worker is down: the channel waits on the first one, as it restarts.
+            await self.store.heartbeat(
+                NodeLoad(node_id(0), self.handles[0].endpoint, SERVING), ttl_s=None
+            )
+        claim = await self.placement.place((guild_id, channel_id), now)
+        return self.handles[index_of(claim.node_id)].endpoint
+
+    async def view(self) -> dict[str, Any]:
+        """``GET /v1/cluster``: every worker as a node, and the channels placed on it."""
+        await self._register()
+        nodes = []
+        for load in await self.store.live_nodes():
+            placed = await self.store.placed_on(load.node_id)
+            nodes.append(
+                {
+                    "node_id": load.node_id,
+                    "endpoint": load.endpoint,
+                    "state": load.state,
+                    "sessions": load.sessions,
+                    "channels": load.channels,
+                    "cpu": load.cpu,
+                    "placed": [{"guild_id": g, "channel_id": c} for g, c in placed],
+                }
+            )
+        return {"node_id": "supervisor", "nodes": nodes}
 
     def workers(self) -> list[dict[str, Any]]:
         """One entry per worker, for ``/healthz``."""
@@ -553,6 +538,15 @@ class Supervisor:
 
     def workers_alive(self) -> int:
         return sum(1 for handle in self.handles if handle.alive)
+
+
+def node_id(index: int) -> str:
+    """The placement's name of worker ``index``."""
+    return f"worker-{index}"
+
+
+def index_of(worker: str) -> int:
+    return int(worker.rpartition("-")[2])
 
 
 def worker_specs(

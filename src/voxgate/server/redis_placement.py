@@ -1,0 +1,338 @@
+"""The Redis backend of :mod:`voxgate.server.placement`: one cluster of nodes on one Redis.
+
+Keys (SCALE.md §3, prefix ``vg:`` by default; a channel key is the JSON ``["guild",
+"channel"]``, so no id can make two keys collide):
+
+- ``vg:nodes`` SET of node ids; ``vg:node:<id>`` HASH endpoint, state, sessions, channels,
+  cpu; ``vg:alive:<id>`` a key SET with PX, refreshed each heartbeat: **a node is live
+  while it exists**, so only Redis's clock decides that a node is dead;
+- ``vg:chan:<key>`` HASH node, epoch, until (wall-clock seconds the newest token for it
+  expires); ``vg:epoch:<key>`` the fencing counter, INCR'd whenever the claim changes
+  hands and never reset by a release; ``vg:placed:<id>`` SET of the keys a node holds.
+
+Every step is one Lua script, so each is atomic and costs one round trip: a join is two
+(``LIVE_NODES``, ``CLAIM``), a heartbeat is two pipelined (``HEARTBEAT``, ``RECONCILE``).
+The scripts name keys they build themselves, which a single Redis (or a replica set)
+allows and Redis Cluster would not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import msgspec
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from voxgate.server.placement import (
+    ChannelKey,
+    Claim,
+    NodeLoad,
+    PlacementUnavailable,
+    Reconciled,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "vg:"
+#: A command that takes longer than this counts as Redis being unreachable.
+COMMAND_TIMEOUT_S = 1.0
+
+HEARTBEAT = """
+local p, id = ARGV[1], ARGV[2]
+if ARGV[3] == '0' then
+  redis.call('SET', p..'alive:'..id, '1')
+else
+  redis.call('SET', p..'alive:'..id, '1', 'PX', ARGV[3])
+end
+redis.call('HSET', p..'node:'..id, 'endpoint', ARGV[4], 'state', ARGV[5],
+  'sessions', ARGV[6], 'channels', ARGV[7], 'cpu', ARGV[8])
+redis.call('SADD', p..'nodes', id)
+return 1
+"""
+
+LIVE_NODES = """
+local p = ARGV[1]
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', p..'nodes')) do
+  local placed = redis.call('SCARD', p..'placed:'..id)
+  if redis.call('EXISTS', p..'alive:'..id) == 1 then
+    local h = redis.call('HMGET', p..'node:'..id, 'endpoint', 'state', 'sessions',
+      'channels', 'cpu')
+    table.insert(out, {id, h[1] or '', h[2] or '', h[3] or '0', h[4] or '0', h[5] or '0',
+      placed})
+  elseif placed == 0 then
+    -- dead and holding nothing: forgotten, so this list stays as long as the cluster
+    redis.call('SREM', p..'nodes', id)
+    redis.call('DEL', p..'node:'..id)
+  end
+end
+return out
+"""
+
+CLAIM = """
+local p, k, untl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local ck = p..'chan:'..k
+local owner = redis.call('HGET', ck, 'node')
+if (not owner) or redis.call('EXISTS', p..'alive:'..owner) == 0 then
+  local chosen = nil
+  for i = 4, #ARGV do
+    if redis.call('EXISTS', p..'alive:'..ARGV[i]) == 1 then
+      chosen = ARGV[i]
+      break
+    end
+  end
+  if not chosen then
+    return false
+  end
+  if owner then
+    redis.call('SREM', p..'placed:'..owner, k)
+  end
+  local epoch = redis.call('INCR', p..'epoch:'..k)
+  redis.call('HSET', ck, 'node', chosen, 'epoch', epoch, 'until', ARGV[3])
+  redis.call('SADD', p..'placed:'..chosen, k)
+  owner = chosen
+elseif untl > tonumber(redis.call('HGET', ck, 'until') or '0') then
+  redis.call('HSET', ck, 'until', ARGV[3])
+end
+return {owner, redis.call('HGET', ck, 'epoch'),
+  redis.call('HGET', p..'node:'..owner, 'endpoint') or ''}
+"""
+
+RECONCILE = """
+local p, me, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local mine = p..'placed:'..me
+local occupied, given, order = {}, {}, {}
+local i = 5
+while i <= #ARGV do
+  local k = ARGV[i + 1]
+  if ARGV[i] == 'o' then
+    occupied[k] = true
+  end
+  if not given[k] then
+    given[k] = true
+    table.insert(order, k)
+  end
+  i = i + 2
+end
+local seen = {}
+for _, k in ipairs(order) do seen[k] = true end
+if ARGV[4] == '1' then
+  for _, k in ipairs(redis.call('SMEMBERS', mine)) do
+    if not seen[k] then
+      seen[k] = true
+      table.insert(order, k)
+    end
+  end
+end
+local held, lost, released = {}, {}, {}
+for _, k in ipairs(order) do
+  local ck = p..'chan:'..k
+  local c = redis.call('HMGET', ck, 'node', 'epoch', 'until')
+  local owner = c[1]
+  if (not owner) or (owner ~= me and redis.call('EXISTS', p..'alive:'..owner) == 0) then
+    if occupied[k] then
+      if owner then
+        redis.call('SREM', p..'placed:'..owner, k)
+      end
+      local e = redis.call('INCR', p..'epoch:'..k)
+      redis.call('HSET', ck, 'node', me, 'epoch', e, 'until', ARGV[3])
+      redis.call('SADD', mine, k)
+      table.insert(held, k)
+      table.insert(held, e)
+    else
+      redis.call('SREM', mine, k)
+    end
+  elseif owner ~= me then
+    redis.call('SREM', mine, k)
+    if given[k] then
+      table.insert(lost, k)
+      table.insert(lost, owner)
+    end
+  elseif (not occupied[k]) and now >= tonumber(c[3] or '0') then
+    redis.call('DEL', ck)
+    redis.call('SREM', mine, k)
+    table.insert(released, k)
+  else
+    table.insert(held, k)
+    table.insert(held, tonumber(c[2]))
+  end
+end
+return {held, lost, released}
+"""
+
+_encoder = msgspec.json.Encoder()
+_key_decoder = msgspec.json.Decoder(tuple[str, str])
+
+
+def encode_key(key: ChannelKey) -> str:
+    return _encoder.encode(list(key)).decode()
+
+
+def decode_key(raw: bytes | str) -> ChannelKey:
+    return _key_decoder.decode(raw)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisPlacementStore:
+    """Placement state in Redis, through redis-py's asyncio client.
+
+    Every failure to reach Redis (refused, reset, timed out, read-only replica...) is
+    raised as :class:`PlacementUnavailable`; ``errors`` counts them. The client reconnects
+    by itself on the next call, so a caller retrying with back-off is all it takes.
+    """
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.errors = 0
+        # One retry on a fresh connection: after a Redis restart the pooled connection is
+        # dead and only the first command on it fails. More would only stall callers.
+        self.redis: redis.Redis = redis.Redis.from_url(
+            url,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            socket_connect_timeout=COMMAND_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self._heartbeat = self.redis.register_script(HEARTBEAT)
+        self._live_nodes = self.redis.register_script(LIVE_NODES)
+        self._claim = self.redis.register_script(CLAIM)
+        self._reconcile = self.redis.register_script(RECONCILE)
+
+    def _unavailable(self, exc: Exception) -> PlacementUnavailable:
+        self.errors += 1
+        return PlacementUnavailable(f"Redis at {self.url} unreachable: {exc}")
+
+    async def _run(self, script: Any, args: list[Any]) -> Any:
+        try:
+            return await script(args=args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def _heartbeat_args(self, load: NodeLoad, ttl_s: float | None) -> list[Any]:
+        ttl_ms = 0 if ttl_s is None else max(1, int(ttl_s * 1000))
+        return [
+            self.prefix,
+            load.node_id,
+            ttl_ms,
+            load.endpoint,
+            load.state,
+            load.sessions,
+            load.channels,
+            f"{load.cpu:.3f}",
+        ]
+
+    async def ping(self) -> None:
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def heartbeat(self, load: NodeLoad, ttl_s: float | None) -> None:
+        await self._run(self._heartbeat, self._heartbeat_args(load, ttl_s))
+
+    async def heartbeat_and_reconcile(
+        self,
+        load: NodeLoad,
+        ttl_s: float | None,
+        occupied: Collection[ChannelKey],
+        known: Mapping[ChannelKey, int],
+        now: float,
+    ) -> Reconciled:
+        """:meth:`heartbeat` then :meth:`reconcile` (everything), pipelined: one round trip."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._heartbeat(args=self._heartbeat_args(load, ttl_s), client=pipe)
+                await self._reconcile(
+                    args=self._reconcile_args(load.node_id, occupied, known, now, True),
+                    client=pipe,
+                )
+                _, raw = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return self._reconciled(raw)
+
+    async def remove_node(self, node_id: str) -> None:
+        try:
+            await self.redis.delete(f"{self.prefix}alive:{node_id}")
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def live_nodes(self) -> list[NodeLoad]:
+        rows = await self._run(self._live_nodes, [self.prefix])
+        return [
+            NodeLoad(
+                node_id=_text(row[0]),
+                endpoint=_text(row[1]),
+                state=_text(row[2]),
+                sessions=int(row[3]),
+                channels=int(row[4]),
+                cpu=float(row[5]),
+                placed=int(row[6]),
+            )
+            for row in rows
+        ]
+
+    async def claim(
+        self, key: ChannelKey, candidates: Iterable[str], tokens_until: float
+    ) -> Claim | None:
+        raw = await self._run(
+            self._claim, [self.prefix, encode_key(key), f"{tokens_until:.3f}", *candidates]
+        )
+        if raw is None:
+            return None
+        return Claim(_text(raw[0]), int(raw[1]), _text(raw[2]))
+
+    def _reconcile_args(
+        self,
+        node_id: str,
+        occupied: Collection[ChannelKey],
+        known: Mapping[ChannelKey, int],
+        now: float,
+        everything: bool,
+    ) -> list[Any]:
+        args: list[Any] = [self.prefix, node_id, f"{now:.3f}", "1" if everything else "0"]
+        for key in occupied:
+            args += ["o", encode_key(key)]
+        for key in known:
+            if key not in occupied:
+                args += ["k", encode_key(key)]
+        return args
+
+    @staticmethod
+    def _reconciled(raw: list[list[Any]]) -> Reconciled:
+        held, lost, released = raw
+        return Reconciled(
+            held={decode_key(held[i]): int(held[i + 1]) for i in range(0, len(held), 2)},
+            lost={decode_key(lost[i]): _text(lost[i + 1]) for i in range(0, len(lost), 2)},
+            released=[decode_key(key) for key in released],
+        )
+
+    async def reconcile(
+        self,
+        node_id: str,
+        occupied: Collection[ChannelKey],
+        known: Mapping[ChannelKey, int],
+        now: float,
+        *,
+        everything: bool = True,
+    ) -> Reconciled:
+        args = self._reconcile_args(node_id, occupied, known, now, everything)
+        return self._reconciled(await self._run(self._reconcile, args))
+
+    async def placed_on(self, node_id: str) -> list[ChannelKey]:
+        try:
+            raw = await self.redis.smembers(f"{self.prefix}placed:{node_id}")
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return sorted(decode_key(key) for key in raw)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
