@@ -13,6 +13,10 @@ from typing import Any
 INTEROP = Path(__file__).resolve().parents[1] / "interop"
 JS_DRIVER = INTEROP / "js" / "client.mjs"
 DPY_DRIVER = INTEROP / "dpy_client.py"
+PYCORD_DRIVER = INTEROP / "pycord_client.py"
+#: py-cord's own virtual environment (``make pycord``): it installs a ``discord`` package of
+#: its own, so it can never share one with discord.py.
+PYCORD_PYTHON = Path(__file__).resolve().parents[2] / ".venv-pycord" / "bin" / "python"
 
 
 @dataclass
@@ -89,7 +93,7 @@ async def start_driver(
     seconds: float | None = None,
     linger: float | None = None,
 ) -> Driver:
-    """Start the ``kind`` ("js" or "dpy") driver doing ``command`` ("play" or "receive")."""
+    """Start the ``kind`` ("js", "dpy", "pycord") driver doing ``command`` ("play", "receive")."""
     user = join["voice_state"]["user_id"]
     join_path = workdir / f"join-{kind}-{user}.json"
     join_path.write_text(json.dumps(join))
@@ -107,6 +111,9 @@ async def start_driver(
     if kind == "js":
         program = ["node", str(JS_DRIVER)]
         env["NODE_EXTRA_CA_CERTS"] = str(ca_path)
+    elif kind == "pycord":
+        program = [str(PYCORD_PYTHON), str(PYCORD_DRIVER)]
+        env["SSL_CERT_FILE"] = str(ca_path)
     else:
         program = [sys.executable, str(DPY_DRIVER)]
         env["SSL_CERT_FILE"] = str(ca_path)

@@ -1,0 +1,89 @@
+"""py-cord 2.8, a third real client, plays to and records from the other two through voxgate.
+
+py-cord runs from its own virtual environment (``.venv-pycord``, made by ``make pycord``:
+it installs a ``discord`` package of its own) through ``pycord_client.py``, against a real
+``voxgate serve`` process, beside the real discord.py and @discordjs/voice clients. As in
+``test_interop.py``, what a receiver got is compared with the packets of the file the
+sender played: same bytes, same order, nothing lost, then the sender's silence frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.audio import SILENCE, ogg_packets, read_packet_log
+from tests.support.drivers import PYCORD_PYTHON, Driver, VoiceChannel
+from tests.support.server import RunningServer
+
+pytestmark = pytest.mark.interop
+
+# Receivers start listening this long before a sender starts: a join takes well under it.
+LEAD_S = 1.5
+# What the node logs when it closes a connection for the shape of what a client sent.
+DECODE_CLOSE = r"closing gateway: 4002"
+
+
+@pytest.fixture(autouse=True)
+def _pycord_installed() -> None:
+    assert PYCORD_PYTHON.exists(), f"{PYCORD_PYTHON} is missing: run `make pycord`"
+
+
+def _received(driver: Driver, user: str) -> list[bytes]:
+    assert driver.out is not None
+    return read_packet_log(driver.out).get(user, [])
+
+
+def _without_trailing_silence(packets: list[bytes]) -> list[bytes]:
+    while packets and packets[-1] == SILENCE:
+        packets = packets[:-1]
+    return packets
+
+
+async def test_py_cord_plays_and_discord_py_and_discord_js_hear_it_byte_exact(
+    voxgate_server: RunningServer, tmp_path: Path, ids: Callable[[], str], tones
+) -> None:
+    file, _ = tones(2.0, 7)
+    sent = ogg_packets(file)
+    closes_before = voxgate_server.log_count(DECODE_CLOSE)
+    sender_id, dpy_id, js_id = ids(), ids(), ids()
+    async with VoiceChannel(voxgate_server, tmp_path, ids(), ids()) as channel:
+        dpy = await channel.start("dpy", "receive", dpy_id, out=True, seconds=LEAD_S + 5)
+        js = await channel.start("js", "receive", js_id, out=True, seconds=LEAD_S + 5)
+        await dpy.wait_for("listening")
+        await js.wait_for("listening")
+        sender = await channel.start("pycord", "play", sender_id, file=file)
+        # py-cord 2.8 speaks without ssrc ({"speaking": 1, "delay": 0}): accepted (issue 16)
+        assert (await sender.wait_for("ready"))["mode"] == "aead_xchacha20_poly1305_rtpsize"
+        await channel.finish()
+    assert voxgate_server.log_count(DECODE_CLOSE) == closes_before
+    for receiver in (dpy, js):
+        heard = _received(receiver, sender_id)
+        assert _without_trailing_silence(heard) == sent, receiver.name
+        assert 0 < len(heard) - len(sent) <= 5, receiver.name
+    # The server relayed py-cord's Speaking (and its ssrc) to the others.
+    assert dpy.saw("voice_member_speaking_state", user_id=sender_id)
+
+
+@pytest.mark.parametrize("sender_kind", ["dpy", "js"])
+async def test_py_cord_records_the_others_byte_exact_through_its_own_sink(
+    voxgate_server: RunningServer, tmp_path: Path, ids: Callable[[], str], tones, sender_kind: str
+) -> None:
+    file, _ = tones(2.0, 8)
+    sent = ogg_packets(file)
+    sender_id, receiver_id = ids(), ids()
+    async with VoiceChannel(voxgate_server, tmp_path, ids(), ids()) as channel:
+        receiver = await channel.start(
+            "pycord", "receive", receiver_id, out=True, seconds=LEAD_S + 4
+        )
+        await receiver.wait_for("listening")
+        await channel.start(sender_kind, "play", sender_id, file=file)
+        await channel.finish()
+    heard = _received(receiver, sender_id)
+    assert _without_trailing_silence(heard) == sent
+    # py-cord's jitter buffer keeps the newest packet back: the last silence frame may stay
+    assert 0 < len(heard) - len(sent) <= 5
+    assert receiver.saw("voice_member_connect", user_id=sender_id)
+    assert receiver.saw("voice_member_speaking_state_update", user_id=sender_id)
