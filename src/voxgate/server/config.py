@@ -23,6 +23,9 @@ class ServerConfig:
     port: int = 8443
     udp_port: int | None = None
     public_ip: str | None = None
+    # The host name clients reach the gateway at, in the endpoint joins carry (a cluster
+    # node behind a name or NAT); default: the public IP.
+    public_host: str | None = None
     modes: tuple[EncryptionMode, ...] = DEFAULT_MODES
     heartbeat_interval_ms: float = DEFAULT_HEARTBEAT_INTERVAL_MS
     # None serves plain ws (``--insecure``); real clients insist on wss.
@@ -63,4 +66,4 @@ class ServerConfig:
     @property
     def endpoint(self) -> str:
         """``host:port`` of the WebSocket, as VOICE_SERVER_UPDATE carries it."""
-        return f"{self.effective_public_ip}:{self.port}"
+        return f"{self.public_host or self.effective_public_ip}:{self.port}"
