@@ -121,7 +121,7 @@ DJS11 = "discord.js 11"
 FORMS: list[Form] = [
     # --- op 0 Identify ---------------------------------------------------------------
     Form(
-        f"{DPY_V4}, {DJS_V4}",
+        f"discord.py 2.0-2.6, {DJS_V4}",
         "identify",
         _identify,
         Identify,
@@ -215,7 +215,7 @@ FORMS: list[Form] = [
         lambda v: {"speaking": int(bool(v.speaking)), "ssrc": UNSET},
     ),
     Form(
-        "the spec's older examples",
+        "older third-party clients (no client in the range above omits it)",
         "speaking without delay",
         lambda v: _json(5, {"speaking": v.speaking, "ssrc": v.ssrc}),
         Speaking,
@@ -232,7 +232,7 @@ FORMS: list[Form] = [
     ),
     # --- op 12 Client Connect ---------------------------------------------------------------
     Form(
-        "discord.py 2.0-2.7 (client_connect)",
+        "discord.py 2.x's client_connect(), Discord's own clients",
         "client connect {audio_ssrc}",
         lambda v: _json(12, {"audio_ssrc": v.ssrc}),
         ClientConnect,
