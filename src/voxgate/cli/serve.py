@@ -17,7 +17,7 @@ import typer
 from voxgate.protocol.opcodes import DEFAULT_MODES, EncryptionMode
 from voxgate.server import datadir
 from voxgate.server.auth import DEFAULT_TTL_S, TokenAuthority
-from voxgate.server.config import DEFAULT_HEARTBEAT_INTERVAL_MS, ServerConfig
+from voxgate.server.config import DEFAULT_HEARTBEAT_INTERVAL_MS, DavePolicy, ServerConfig
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -76,7 +76,10 @@ async def _serve(
     admin_host: str,
     admin_port: int,
     ca_path: Path | None,
+    admin_key: str,
+    cluster: tuple[str, str] | None = None,
 ) -> None:
+    """One node; ``cluster`` (Redis URL, node id) makes it a node of that cluster."""
     # Imported here so `voxgate token` and `--version` never pay for the server's imports.
     from voxgate.server.admin import admin_app
     from voxgate.server.node import VoiceNode, freeze_startup_objects
@@ -86,15 +89,35 @@ async def _serve(
         await node.start()
     except OSError as exc:
         raise _fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror}") from None
-    endpoint = f"{config.effective_public_ip}:{node.port}"
+    endpoint = node.endpoint
+    agent = None
+    if cluster is not None:
+        from voxgate.server.cluster import ClusterAgent, ClusterError
+        from voxgate.server.redis_placement import RedisPlacementStore
+
+        agent = ClusterAgent(node, RedisPlacementStore(cluster[0]), cluster[1], authority.ttl_s)
+        try:
+            await agent.start()
+        except ClusterError as exc:
+            await agent.close()
+            await node.close()
+            raise _fail(str(exc)) from None
+
+    async def close() -> None:
+        if agent is not None:
+            await agent.close()
+        await node.close()
 
     def ready(admin_url: str) -> str:
-        datadir.write_node_file(data_dir, endpoint, admin_url)
+        datadir.write_node_file(
+            data_dir, endpoint, admin_url, cluster=None if cluster is None else cluster[1]
+        )
         freeze_startup_objects()
-        return _ready_line(config, ca_path, data_dir, endpoint, node.udp_port, "", admin_url)
+        joined = "" if cluster is None else f" (node {cluster[1]} of the cluster on {cluster[0]})"
+        return _ready_line(config, ca_path, data_dir, endpoint, node.udp_port, joined, admin_url)
 
-    app = admin_app(node, authority, datadir.admin_key(data_dir), endpoint)
-    await _admin_until_signal(app, admin_host, admin_port, node.close, ready)
+    app = admin_app(node, authority, admin_key, endpoint, cluster=agent)
+    await _admin_until_signal(app, admin_host, admin_port, close, ready)
 
 
 async def _serve_workers(
@@ -105,6 +128,7 @@ async def _serve_workers(
     admin_host: str,
     admin_port: int,
     ca_path: Path | None,
+    admin_key: str,
 ) -> None:
     from voxgate.server.admin import admin_app
     from voxgate.server.workers import Supervisor, WorkerStartError
@@ -126,7 +150,7 @@ async def _serve_workers(
         )
 
     app = admin_app(
-        supervisor, authority, datadir.admin_key(data_dir), first.endpoint, workers=supervisor
+        supervisor, authority, admin_key, first.endpoint, workers=supervisor
     )
     await _admin_until_signal(app, admin_host, admin_port, supervisor.close, ready)
 
@@ -220,6 +244,11 @@ def serve(
     public_ip: str | None = typer.Option(
         None, help="IP clients send media to, put in Ready (default: --host)."
     ),
+    public_host: str | None = typer.Option(
+        None,
+        help="Host name clients reach this node's gateway at, in the endpoint joins carry "
+        "(default: the public IP).",
+    ),
     modes: str | None = typer.Option(
         None, help="Comma-separated encryption modes offered, in preference order."
     ),
@@ -243,11 +272,46 @@ def serve(
     secret: str | None = typer.Option(
         None, envvar="VOXGATE_SECRET", show_envvar=True, help="Token signing secret."
     ),
+    admin_key: str | None = typer.Option(
+        None,
+        envvar="VOXGATE_ADMIN_KEY",
+        show_envvar=True,
+        help="Bearer key of the admin API (default: the data dir's; a cluster shares one).",
+    ),
+    redis: str | None = typer.Option(
+        None,
+        envvar="VOXGATE_REDIS",
+        show_envvar=True,
+        help="Join the cluster kept in this Redis (redis://HOST:PORT/DB): channels are "
+        "placed on its nodes, any node's joins name the hosting node.",
+    ),
+    node_id: str | None = typer.Option(
+        None, help="This node's name in the cluster (with --redis; unique per node)."
+    ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    dave: DavePolicy = typer.Option(
+        DavePolicy.PREFERRED,
+        case_sensitive=False,
+        help="End-to-end encryption (DAVE): preferred = E2EE whenever every member of a "
+        "call can do it, a downgrade otherwise; required = a client without DAVE is closed "
+        "with 4017; off = transport encryption only (dave_protocol_version 0).",
+    ),
 ) -> None:
     """Run one voice server node: the wss gateway, the UDP media plane and the admin API."""
     if not 1 <= workers <= MAX_WORKERS:
         raise _fail(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
+    if redis is not None:
+        if not node_id:
+            raise _fail("--redis needs --node-id NAME, unique in the cluster")
+        if workers > 1:
+            raise _fail(
+                "--redis and --workers do not combine yet: run one node per core, each "
+                "with --redis and its own --node-id and ports"
+            )
+        if not redis.startswith(("redis://", "rediss://", "unix://")):
+            raise _fail(f"--redis takes redis://HOST:PORT/DB, not {redis!r}")
+    elif node_id is not None:
+        raise _fail("--node-id names a node of a cluster: give --redis too")
     for name, first in (("--port", port), ("--udp-port", udp_port)):
         if first and first + workers - 1 > 65535:
             raise _fail(f"{name} {first} + {workers} workers goes past port 65535")
@@ -264,6 +328,12 @@ def serve(
         raise _fail(f"cannot create data dir {data_dir}: {exc.strerror}") from None
     offered = _parse_modes(modes)
     authority_secret = _secret(data_dir, secret)
+    if admin_key is not None:
+        if len(admin_key) < 16:
+            raise _fail("--admin-key / VOXGATE_ADMIN_KEY must be at least 16 characters")
+        # Recorded, so `voxgate token --data-dir` asks the admin API with the key it takes.
+        datadir.write_admin_key(data_dir, admin_key)
+    resolved_admin_key = admin_key or datadir.admin_key(data_dir)
     authority = TokenAuthority(authority_secret)
 
     ca_path: Path | None = None
@@ -286,7 +356,11 @@ def serve(
     else:
         from voxgate.server.tls import ensure_self_signed
 
-        names = [name for name in (host, public_ip) if name and name not in ("0.0.0.0", "::")]
+        names = [
+            name
+            for name in (host, public_ip, public_host)
+            if name and name not in ("0.0.0.0", "::")
+        ]
         tls_files = ensure_self_signed(data_dir, names)
         ssl_context = tls_files.server_context()
         ca_path = tls_files.ca
@@ -297,9 +371,11 @@ def serve(
             port=port,
             udp_port=udp_port,
             public_ip=public_ip,
+            public_host=public_host,
             modes=offered,
             heartbeat_interval_ms=heartbeat_interval,
             ssl_context=ssl_context,
+            dave=dave,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -307,13 +383,34 @@ def serve(
 
     install_uvloop()
     if workers == 1:
-        asyncio.run(_serve(config, authority, data_dir, admin_host, resolved_admin_port, ca_path))
+        cluster = None if redis is None or node_id is None else (redis, node_id)
+        asyncio.run(
+            _serve(
+                config,
+                authority,
+                data_dir,
+                admin_host,
+                resolved_admin_port,
+                ca_path,
+                resolved_admin_key,
+                cluster,
+            )
+        )
         return
     from voxgate.server.workers import worker_specs
 
     specs = worker_specs(workers, config, tls_files, authority_secret, authority.ttl_s, log_level)
     asyncio.run(
-        _serve_workers(specs, config, authority, data_dir, admin_host, resolved_admin_port, ca_path)
+        _serve_workers(
+            specs,
+            config,
+            authority,
+            data_dir,
+            admin_host,
+            resolved_admin_port,
+            ca_path,
+            resolved_admin_key,
+        )
     )
 
 
@@ -328,7 +425,8 @@ def token(
     endpoint: str | None = typer.Option(
         None,
         help="host:port of the node (default: where the data dir's node last listened; "
-        "a node running several workers is asked which worker hosts the channel).",
+        "a node running several workers, or a node of a cluster, is asked which node "
+        "hosts the channel).",
     ),
     ttl: float = typer.Option(DEFAULT_TTL_S, help="Seconds the token may be used to Identify."),
     secret: str | None = typer.Option(None, envvar="VOXGATE_SECRET", show_envvar=True),
@@ -342,17 +440,19 @@ def token(
     if endpoint is None:
         recorded = datadir.read_node_file(data_dir) or {}
         workers = datadir.read_workers(data_dir)
-        if len(workers) > 1:
-            # Only the supervisor knows which worker hosts the channel.
+        cluster = recorded.get("cluster")
+        if len(workers) > 1 or cluster:
+            # Only the supervisor, or the cluster's placement, knows which node hosts it.
+            what = f"runs {len(workers)} workers" if len(workers) > 1 else f"is node {cluster}"
             if ttl != DEFAULT_TTL_S or secret is not None:
                 raise _fail(
-                    "--ttl and --secret do not apply to a node running several workers "
-                    "(its supervisor mints); pass --endpoint to mint locally"
+                    f"--ttl and --secret do not apply: the node in {data_dir} {what} "
+                    "(its admin API mints); pass --endpoint to mint locally"
                 )
             events = _join_from_supervisor(
                 data_dir,
                 recorded.get("admin_url", ""),
-                len(workers),
+                what,
                 guild,
                 channel,
                 user,
@@ -372,7 +472,7 @@ def token(
 def _join_from_supervisor(
     data_dir: Path,
     admin_url: str,
-    workers: int,
+    what: str,
     guild: str,
     channel: str,
     user: str,
@@ -403,7 +503,7 @@ def _join_from_supervisor(
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise _fail(
-            f"the node in {data_dir} runs {workers} workers and only its admin API "
+            f"the node in {data_dir} {what} and only its admin API "
             f"({admin_url or 'not recorded'}) can place a channel, but it did not answer: "
             f"{reason}"
         ) from None

@@ -50,16 +50,32 @@ def admin_key(data_dir: Path) -> str:
     return _read_or_create(data_dir / ADMIN_KEY_FILE, secrets.token_urlsafe(32))
 
 
+def write_admin_key(data_dir: Path, key: str) -> None:
+    """Record the admin key given on the command line (a cluster's shared one)."""
+    path = data_dir / ADMIN_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+
+
 def write_node_file(
-    data_dir: Path, endpoint: str, admin_url: str, workers: list[str] | None = None
+    data_dir: Path,
+    endpoint: str,
+    admin_url: str,
+    workers: list[str] | None = None,
+    *,
+    cluster: str | None = None,
 ) -> None:
     """Record where the running node listens, for ``voxgate token`` and the client CLI;
-    ``workers``: the gateway endpoint of each worker process, when it runs several."""
+    ``workers``: the gateway endpoint of each worker process, when it runs several;
+    ``cluster``: the node's id, when it is a node of a cluster."""
     path = data_dir / NODE_FILE
     temporary = path.with_suffix(".tmp")
     recorded: dict[str, object] = {"endpoint": endpoint, "admin_url": admin_url}
     if workers is not None:
         recorded["workers"] = workers
+    if cluster is not None:
+        recorded["cluster"] = cluster
     temporary.write_text(json.dumps(recorded) + "\n")
     temporary.replace(path)
 
