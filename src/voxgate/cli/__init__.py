@@ -1,4 +1,4 @@
-"""The ``voxgate`` command: ``serve``, ``token``, ``play``, ``record`` and ``bench``.
+"""The ``voxgate`` command: ``serve``, ``token``, ``play``, ``record``, ``bench`` and ``sandbox``.
 
 Each group of commands lives in its own module and registers itself on the one Typer
 app; this module only assembles them, so the server's and the client's commands never
@@ -48,6 +48,7 @@ _COMMAND_MODULES = {
     "play": "media",
     "record": "media",
     "bench": "bench",
+    "sandbox": "sandbox",
 }
 
 
