@@ -6,6 +6,7 @@ the sessions only ever read it, so tests construct one directly with port 0.
 
 from __future__ import annotations
 
+import enum
 import ssl
 from dataclasses import dataclass
 
@@ -13,6 +14,17 @@ from voxgate.protocol.opcodes import DEFAULT_MODES, EncryptionMode
 
 # Discord's own voice servers say 13750 ms in Hello; discord.py caps what it uses at 5 s anyway.
 DEFAULT_HEARTBEAT_INTERVAL_MS = 13750.0
+
+
+class DavePolicy(enum.StrEnum):
+    """Whether calls on the node are end-to-end encrypted (DAVE.md §1, §4.5)."""
+
+    #: E2EE whenever every member of the call can do it; a downgrade transition otherwise.
+    PREFERRED = "preferred"
+    #: A client that cannot do DAVE is closed with 4017, as Discord does since March 2026.
+    REQUIRED = "required"
+    #: ``dave_protocol_version: 0`` for everyone: transport encryption only.
+    OFF = "off"
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,7 @@ class ServerConfig:
     # A connection that has not sent its WebSocket upgrade request by then is closed (the
     # TLS handshake before it is bounded by asyncio's own 60 s).
     handshake_timeout_s: float = 10.0
+    dave: DavePolicy = DavePolicy.PREFERRED
 
     def __post_init__(self) -> None:
         if not self.modes:
