@@ -1,0 +1,141 @@
+"""A discord.py 2.7 bot with ``voxgate.discordpy.VoiceClient`` as its voice backend.
+
+The bot is a real ``discord.Client`` (see ``harness.py``) connecting with
+``channel.connect(cls=VoiceClient)`` to a real ``voxgate serve``; the others in the call
+are a voxgate client in this process and @discordjs/voice in its own. What the bot records
+is compared byte for byte with what was sent; what it plays is checked at the other end
+byte for byte (Opus passed through) or by its tones (PCM re-encoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+import voxgate.discordpy
+from tests.discordpy.harness import start_bot, stop_bot, trust
+from tests.support.audio import SILENCE, decode_opus, dominant_tones, ogg_packets, read_packet_log
+from tests.support.drivers import VoiceChannel
+from voxgate.client import AudioPlayer, AudioReceiver, OggOpusSource, VoiceConnection
+
+pytestmark = pytest.mark.interop
+
+
+def _trimmed(packets: list[bytes]) -> list[bytes]:
+    while packets and packets[-1] == SILENCE:
+        packets = packets[:-1]
+    return packets
+
+
+class OpusRecorder(voxgate.discordpy.AudioSink):
+    """Every Opus packet, per speaker id, in the order the sink got them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packets: dict[int, list[bytes]] = defaultdict(list)
+        self.lost = 0
+
+    def wants_opus(self) -> bool:
+        return True
+
+    def write(self, user: Any, data: voxgate.discordpy.VoiceData) -> None:
+        if data.opus is None:
+            self.lost += 1
+            return
+        self.packets[user.id].append(data.opus)
+
+
+async def _voxgate_member(server: Any, guild: int, channel: int, user: int) -> VoiceConnection:
+    join = await asyncio.to_thread(server.join, str(guild), str(channel), str(user))
+    return await VoiceConnection.connect(
+        join["voice_state"], join["voice_server"], ssl=trust(server.ca_path)
+    )
+
+
+async def _until(predicate: Any, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    guild, channel = int(ids()), int(ids())
+    bot_id, vox_id, js_id = int(ids()), int(ids()), int(ids())
+    vox_file, vox_windows = tones(2.0, 21)
+    js_file, _ = tones(2.0, 22)
+    client, discord_guild, _ = await start_bot(
+        voxgate_server, guild, [channel], user_id=bot_id, members=[vox_id, js_id]
+    )
+    try:
+        vc = await discord_guild.get_channel(channel).connect(
+            cls=partial(voxgate.discordpy.VoiceClient, ssl=trust(voxgate_server.ca_path))
+        )
+        assert isinstance(vc, voxgate.discordpy.VoiceClient)
+        assert discord_guild.voice_client is vc and vc.is_connected()
+        opus = OpusRecorder()
+        vc.listen(opus)
+        wav_folder = tmp_path / "wav"
+        heard_pcm: dict[int, int] = defaultdict(int)
+
+        async def count_pcm() -> None:
+            async for member, pcm in vc.receive():
+                heard_pcm[member.id] += len(pcm)
+
+        counting = asyncio.create_task(count_pcm())
+        member = await _voxgate_member(voxgate_server, guild, channel, vox_id)
+        async with VoiceChannel(voxgate_server, tmp_path, str(guild), str(channel)) as drivers:
+            js = await drivers.start("js", "play", str(js_id), file=js_file, linger=1.0)
+            await AudioPlayer(member, OggOpusSource(vox_file)).play()
+            await drivers.finish()
+        await member.close()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        # The WAV sink, on a second listen: one file per speaker, as heard.
+        vc.listen(voxgate.discordpy.WaveSink(wav_folder))
+        member = await _voxgate_member(voxgate_server, guild, channel, vox_id)
+        await AudioPlayer(member, OggOpusSource(vox_file)).play()
+        await member.close()
+        await asyncio.sleep(0.3)
+        vc.stop_listening()
+        await vc.disconnect()
+        counting.cancel()
+    finally:
+        await stop_bot(client)
+    assert js.saw("played")
+    vox_sent, js_sent = ogg_packets(vox_file), ogg_packets(js_file)
+    vox_heard, js_heard = _trimmed(opus.packets[vox_id]), _trimmed(opus.packets[js_id])
+    print(
+        f"\nrecording bot: {vox_id} (voxgate client) {len(vox_heard)}/{len(vox_sent)} packets,"
+        f" byte-exact: {vox_heard == vox_sent}; {js_id} (discord.js) {len(js_heard)}/"
+        f"{len(js_sent)} packets, byte-exact: {js_heard == js_sent}; lost: {opus.lost};"
+        f" privacy code: {vc.privacy_code}"
+    )
+    assert vox_heard == vox_sent
+    assert js_heard == js_sent
+    assert opus.lost == 0
+    assert heard_pcm[vox_id] >= len(vox_sent) * 3840
+    # The WAV sink's file sounds like the file played.
+    wav = wav_folder / f"{vox_id}.wav"
+    assert wav.exists()
+    import array
+    import wave
+
+    with wave.open(str(wav)) as reader:
+        frames = reader.readframes(reader.getnframes())
+    mono = array.array("h", frames)[0::2]
+    assert dominant_tones(mono)[: len(vox_windows) - 1] == vox_windows[: len(vox_windows) - 1]
+    # Speaking start and stop reached the bot, per speaker.
+    started = {member.id for (member,) in client.saw("voice_member_speaking_start")}
+    stopped = {member.id for (member,) in client.saw("voice_member_speaking_stop")}
+    assert {vox_id, js_id} <= started
+    assert {vox_id, js_id} <= stopped
+    assert guild not in {g.id for g in client.guilds if g.voice_client}
