@@ -88,7 +88,8 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             session.last_media_at = now
             if session.address != addr:
                 self.router.move(session, addr)
-            self.router.forward(session, clear, plaintext, cipher.rtpsize)
+            # Router.forward, or its DAVE-filtering variant in a call that needs one.
+            session.channel.forward(session, clear, plaintext, cipher.rtpsize)
         elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
             self._discovery(data, addr)
         elif size == _KEEPALIVE_SIZE:

@@ -7,6 +7,12 @@ Connect, Speaking with ``user_id``, Client Disconnect). The media plane calls
 :meth:`Router.forward` with each authenticated packet: the per-packet fan-out that seals the
 packet again for each receiver with the receiver's own key, mode and nonce counter.
 
+Each channel whose id is a snowflake has a DAVE group machine (``server/dave.py``) unless
+the node runs ``--dave off``: the router feeds it joins, leaves and the members' ops 23,
+26, 28 and 31, and sends what it returns. The relay never opens a DAVE frame; in a call
+that mixes members with and without DAVE it withholds DAVE frames from the latter
+(:meth:`Router.forward_filtered`), and only such a call pays for that check.
+
 Everything here is in-memory and synchronous; the one I/O it does is ``sendto`` on the
 media socket it is given, so it runs the same under tests with no network.
 """
@@ -19,12 +25,18 @@ import secrets
 from collections.abc import Callable
 from time import monotonic
 
+from voxgate.protocol import mls
 from voxgate.protocol.crypto import reframe, transport_cipher
+from voxgate.protocol.dave import is_dave_frame
 from voxgate.protocol.messages import (
     ClientDisconnect,
     ClientsConnect,
+    DaveTransitionReady,
     Identify,
     Message,
+    MlsCommitWelcome,
+    MlsInvalidCommitWelcome,
+    MlsKeyPackage,
     Ready,
     Resume,
     Resumed,
@@ -35,7 +47,17 @@ from voxgate.protocol.messages import (
 )
 from voxgate.protocol.opcodes import CloseCode, EncryptionMode
 from voxgate.server.auth import InvalidToken, TokenAuthority
-from voxgate.server.config import ServerConfig
+from voxgate.server.config import DavePolicy, ServerConfig
+from voxgate.server.dave import (
+    Close,
+    DaveCounters,
+    DaveGroup,
+    Joined,
+    Left,
+    Output,
+    Received,
+    snowflake,
+)
 from voxgate.server.guard import replay_window
 from voxgate.server.session import GatewayConnection, VoiceSession
 from voxgate.server.stats import NodeStats
@@ -48,15 +70,24 @@ DESCRIPTION_LEAD_S = 0.05
 ChannelKey = tuple[str, str]
 
 
+Forward = Callable[[VoiceSession, bytes, bytes, bool], None]
+
+
 class Channel:
     """The members of one voice channel on this node."""
 
-    __slots__ = ("key", "members")
+    __slots__ = ("dave", "dave_receivers", "forward", "key", "members")
 
-    def __init__(self, key: ChannelKey) -> None:
+    def __init__(self, key: ChannelKey, forward: Forward, dave: DaveGroup | None = None) -> None:
         self.key = key
         # A list, not a dict: the fan-out iterates it for every packet.
         self.members: list[VoiceSession] = []
+        #: The media plane calls this with each packet: Router.forward, or
+        #: Router.forward_filtered while the call mixes members with and without DAVE.
+        self.forward = forward
+        self.dave = dave
+        #: The members a DAVE frame goes to while filtering (those described with DAVE).
+        self.dave_receivers: list[VoiceSession] = []
 
 
 def _no_socket(packet: bytes, address: tuple[str, int]) -> None:
@@ -88,6 +119,10 @@ class Router:
         #: Asked before a channel opens on this node: None admits it, else the reason it
         #: is hosted elsewhere (a cluster node's placement sets it; closes with 4022).
         self.admit_channel: Callable[[ChannelKey], str | None] = _admit_any
+        #: The node's MLS external sender, one key for all its channels (DAVE.md §8).
+        self.external_sender = None if config.dave is DavePolicy.OFF else mls.ExternalSender()
+        #: DAVE counters of every channel the node has had, for /metrics.
+        self.dave_counters = DaveCounters()
 
     # --- gateway -------------------------------------------------------------------------
 
@@ -116,6 +151,14 @@ class Router:
         if key not in self.channels and (elsewhere := self.admit_channel(key)) is not None:
             connection.close(CloseCode.CALL_TERMINATED, elsewhere)
             return
+        max_dave = message.max_dave_protocol_version
+        max_dave = max_dave if isinstance(max_dave, int) else 0
+        if self.config.dave is DavePolicy.REQUIRED:
+            refusal = _dave_refusal(max_dave, grant.user_id, grant.channel_id)
+            if refusal is not None:
+                # As Discord since March 2026 (DAVE.md §1): before the session opens.
+                connection.close(CloseCode.E2EE_REQUIRED, refusal)
+                return
         existing = self.sessions.get(grant.session_id)
         if existing is not None:
             if existing.connection is not None:
@@ -133,7 +176,7 @@ class Router:
 
         channel = self.channels.get(key)
         if channel is None:
-            channel = self.channels[key] = Channel(key)
+            channel = self.channels[key] = self._open_channel(key)
         session = VoiceSession(
             grant,
             message.token,
@@ -141,6 +184,7 @@ class Router:
             channel,
             packet_rate_cap=self.config.packet_rate_cap,
         )
+        session.max_dave_protocol_version = max_dave
         self.sessions[session.session_id] = session
         self.by_ssrc[session.ssrc] = session
         session.attach(connection)
@@ -218,7 +262,16 @@ class Router:
             return
         secret_key = secrets.token_bytes(32)
         first_description = session.cipher is None
-        others = [m for m in session.channel.members if m is not session and m.described]
+        channel = session.channel
+        others = [m for m in channel.members if m is not session and m.described]
+        dave_outputs: list[Output] = []
+        group = channel.dave
+        if first_description and group is not None:
+            capable = _dave_refusal(
+                session.max_dave_protocol_version, session.user_id, session.channel_id
+            )
+            dave_outputs = group.handle(Joined(session.user_id, capable is None), now)
+            session.dave_protocol_version = group.description_version(session.user_id)
         session.mode = mode
         session.cipher = transport_cipher(mode, secret_key)
         session.replay = replay_window(mode)
@@ -226,15 +279,18 @@ class Router:
             SessionDescription(
                 mode=mode.value,
                 secret_key=list(secret_key),
-                dave_protocol_version=0,
+                dave_protocol_version=session.dave_protocol_version,
                 audio_codec="opus",
                 media_session_id=os.urandom(16).hex(),
             )
         ]
-        session.log.info("session described, mode %s", mode.value)
+        session.log.info(
+            "session described, mode %s, dave %d", mode.value, session.dave_protocol_version
+        )
         if not first_description or not others:
             for reply_message in reply:
                 session.send(reply_message)
+            self._apply_dave(channel, dave_outputs)
             return
         # PROTOCOL.md §8, the first-packet race: receivers map ssrc -> user only from op 5
         # and drop packets of unknown ssrcs, and discord.py sends audio within a millisecond
@@ -249,6 +305,8 @@ class Router:
             for member in others
         ]
         session.send_later(reply, now + DESCRIPTION_LEAD_S)
+        # After op 4 in the joiner's order (send_in_order), at once for the others.
+        self._apply_dave(channel, dave_outputs)
 
     def speaking(self, session: VoiceSession, message: Speaking) -> None:
         session.speaking = message.speaking
@@ -267,8 +325,11 @@ class Router:
             else:
                 session.log.info("gateway lost; resumable for %.0f s", self.config.resume_grace_s)
 
-    def leave(self, session: VoiceSession, why: str, *, close: int | None = None) -> None:
-        """End ``session``: out of its channel, the others told (op 13)."""
+    def leave(
+        self, session: VoiceSession, why: str, *, close: int | None = None, reason: str = ""
+    ) -> None:
+        """End ``session``: out of its channel, the others told (op 13); ``close`` closes
+        its WebSocket with ``reason`` (default: "disconnected: ``why``")."""
         if session.closed:
             return
         session.closed = True
@@ -286,13 +347,72 @@ class Router:
         for member in channel.members:
             member.send(ClientDisconnect(user_id=session.user_id))
         if close is not None and session.connection is not None:
-            session.connection.close(close, f"disconnected: {why}")
+            session.connection.close(close, reason or f"disconnected: {why}")
         session.connection = None
         session.log.info("session ended: %s", why)
+        if channel.dave is not None and channel.members:
+            # After op 13: a client recognises Adds only of users op 11 named and op 13
+            # did not take back (DAVE.md §2), and revokes follow the leave (§4.4).
+            self._apply_dave(channel, channel.dave.handle(Left(session.user_id), monotonic()))
+
+    # --- DAVE --------------------------------------------------------------------------
+
+    def dave_message(
+        self,
+        session: VoiceSession,
+        message: DaveTransitionReady | MlsInvalidCommitWelcome | MlsKeyPackage | MlsCommitWelcome,
+        now: float,
+    ) -> None:
+        """A member's op 23, 26, 28 or 31: its channel's group machine decides; without
+        one (``--dave off``, or a channel id DAVE cannot name) it is ignored."""
+        group = session.channel.dave
+        if group is not None:
+            self._apply_dave(session.channel, group.handle(Received(session.user_id, message), now))
+
+    def dave_timer(self, channel: Channel, now: float) -> None:
+        group = channel.dave
+        if group is not None:
+            due = group.next_timer()
+            if due is not None and now >= due:
+                self._apply_dave(channel, group.on_timer(now))
+
+    def dave_groups(self) -> list[tuple[ChannelKey, DaveGroup]]:
+        return [(key, ch.dave) for key, ch in self.channels.items() if ch.dave is not None]
+
+    def _open_channel(self, key: ChannelKey) -> Channel:
+        channel_id = snowflake(key[1])
+        group = None
+        if self.external_sender is not None and channel_id is not None:
+            group = DaveGroup(channel_id, self.external_sender, self.dave_counters)
+        return Channel(key, self.forward, group)
+
+    def _apply_dave(self, channel: Channel, outputs: list[Output]) -> None:
+        """Send what the group machine returned, then say how the relay treats the call."""
+        if outputs:
+            by_user = {member.user_id: member for member in channel.members}
+            for output in outputs:
+                member = by_user.get(output.user_id)
+                if member is None or member.closed:
+                    continue
+                if isinstance(output, Close):
+                    self.leave(member, output.reason, close=output.code, reason=output.reason)
+                else:
+                    member.send_in_order(output.message)
+        group = channel.dave
+        if group is not None and group.filters_media:
+            channel.dave_receivers = [
+                member for member in channel.members if member.dave_protocol_version > 0
+            ]
+            channel.forward = self.forward_filtered
+        else:
+            channel.dave_receivers = []
+            channel.forward = self.forward
 
     def expire(self, now: float) -> None:
         """End sessions whose WebSocket has been gone longer than the resume grace, and
         report described sessions whose media has gone silent."""
+        for channel in list(self.channels.values()):
+            self.dave_timer(channel, now)
         grace = self.config.resume_grace_s
         media_now = monotonic()
         silence = self.config.media_silence_s
@@ -327,8 +447,16 @@ class Router:
 
     # --- media ---------------------------------------------------------------------------
 
-    def forward(self, sender: VoiceSession, clear: bytes, plaintext: bytes, rtpsize: bool) -> None:
-        """Seal a packet of ``sender`` for every other described member and send it.
+    def forward(
+        self,
+        sender: VoiceSession,
+        clear: bytes,
+        plaintext: bytes,
+        rtpsize: bool,
+        receivers: list[VoiceSession] | None = None,
+    ) -> None:
+        """Seal a packet of ``sender`` for every other described member (or those of
+        ``receivers``) and send it.
 
         ``clear`` and ``plaintext`` are the packet as the sender's framing splits it
         (``rtpsize``), as :meth:`TransportCipher.open_split` returns it. The hot path: no
@@ -339,7 +467,7 @@ class Router:
         # A channel has at most two framings (rtpsize and legacy): the packet is split for
         # the sender's already, and reframed at most once for the other.
         other: tuple[bytes, bytes] | None = None
-        for receiver in sender.channel.members:
+        for receiver in sender.channel.members if receivers is None else receivers:
             cipher = receiver.cipher
             address = receiver.address
             if receiver is sender or cipher is None or address is None:
@@ -356,3 +484,35 @@ class Router:
         stats = self.stats
         stats.packets_out += sent
         stats.bytes_out += sent_bytes
+
+    def forward_filtered(
+        self, sender: VoiceSession, clear: bytes, plaintext: bytes, rtpsize: bool
+    ) -> None:
+        """:meth:`forward` for a call that mixes members with and without DAVE (a
+        downgrade, DAVE.md §4.5): a DAVE frame goes only to members described with DAVE,
+        never to one that cannot read it (WP:623-631); anything else goes to everyone."""
+        channel = sender.channel
+        if is_dave_frame(_media_payload(clear, plaintext, rtpsize)):
+            receivers = channel.dave_receivers
+            self.stats.dave_frames_withheld += len(channel.members) - len(receivers)
+            self.forward(sender, clear, plaintext, rtpsize, receivers)
+        else:
+            self.forward(sender, clear, plaintext, rtpsize)
+
+
+def _media_payload(clear: bytes, plaintext: bytes, rtpsize: bool) -> bytes:
+    """The media payload of a split packet: the plaintext after any extension body."""
+    if not clear[0] & 0x10:
+        return plaintext
+    header = clear[-4:] if rtpsize else plaintext[:4]
+    body = 4 * int.from_bytes(header[2:4], "big") + (0 if rtpsize else 4)
+    return plaintext[body:]
+
+
+def _dave_refusal(max_dave_protocol_version: int, user_id: str, channel_id: str) -> str | None:
+    """Why a member cannot do DAVE (the close reason under ``--dave required``), or None."""
+    if max_dave_protocol_version < 1:
+        return "E2EE/DAVE protocol required: identify with max_dave_protocol_version 1"
+    if snowflake(user_id) is None or snowflake(channel_id) is None:
+        return "E2EE/DAVE protocol required, and DAVE needs numeric user and channel ids"
+    return None

@@ -111,6 +111,11 @@ class VoiceSession:
         # Learnt from IP discovery, then moved only by packets that authenticate.
         self.address: tuple[str, int] | None = None
         self.speaking = 0
+        #: From Identify: what the client can do (0 or missing = no DAVE).
+        self.max_dave_protocol_version = 0
+        #: What its Session Description said: 0 means it gets no DAVE frames (the relay
+        #: withholds them in a call that mixes both kinds, see Router.forward_filtered).
+        self.dave_protocol_version = 0
         self.replay: ReplayWindow | None = None
         # Last authenticated datagram (or keep-alive) from the member, time.monotonic().
         self.last_media_at = monotonic()
@@ -145,6 +150,13 @@ class VoiceSession:
         self._sent.append((self._seq, frame))
         if self.connection is not None:
             self.connection.push(frame)
+
+    def send_in_order(self, message: Message) -> None:
+        """Send ``message`` after any held back: what follows op 4 must come after it."""
+        if self.deferred:
+            self.deferred.append(message)
+        else:
+            self.send(message)
 
     def send_later(self, messages: list[Message], due: float) -> None:
         """Send ``messages`` at ``due`` (the connection's timer does it), in this order."""
@@ -255,14 +267,14 @@ class GatewayConnection:
             case Speaking():
                 self.router.speaking(session, message)
             case (
-                ClientConnect()
-                | DaveTransitionReady()
+                DaveTransitionReady()
                 | MlsInvalidCommitWelcome()
                 | MlsKeyPackage()
                 | MlsCommitWelcome()
             ):
-                # Sessions here are described with dave_protocol_version 0: DAVE messages
-                # and discord.py's op 12 carry nothing the server acts on.
+                self.router.dave_message(session, message, now)
+            case ClientConnect():
+                # discord.py's op 12 carries nothing the server acts on.
                 pass
 
     def next_timer(self) -> float:
@@ -270,8 +282,14 @@ class GatewayConnection:
         due = self._heartbeat_deadline
         if self._identify_deadline is not None:
             due = min(due, self._identify_deadline)
-        if self.session is not None and self.session.deferred_due is not None:
-            due = min(due, self.session.deferred_due)
+        session = self.session
+        if session is not None:
+            if session.deferred_due is not None:
+                due = min(due, session.deferred_due)
+            group = session.channel.dave
+            dave_due = None if group is None else group.next_timer()
+            if dave_due is not None:
+                due = min(due, dave_due)
         return due
 
     def on_timer(self, now: float) -> None:
@@ -280,6 +298,8 @@ class GatewayConnection:
         session = self.session
         if session is not None and session.deferred_due is not None and now >= session.deferred_due:
             session.send_deferred()
+        if session is not None:
+            self.router.dave_timer(session.channel, now)
         if self._identify_deadline is not None and now >= self._identify_deadline:
             self.close(CloseCode.NOT_AUTHENTICATED, "no Identify or Resume in time")
         elif now >= self._heartbeat_deadline:

@@ -28,6 +28,7 @@ class NodeStats:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "dave_frames_withheld",
         "discovery_answered",
         "dropped",
         "keepalives_in",
@@ -46,6 +47,8 @@ class NodeStats:
         self.keepalives_in = 0
         self.discovery_answered = 0
         self.send_errors = 0
+        # DAVE frames not sent to a member without DAVE, one per such receiver (a downgrade).
+        self.dave_frames_withheld = 0
         self.dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
 
     def counters(self) -> dict[str, int]:
