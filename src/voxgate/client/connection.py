@@ -30,7 +30,7 @@ import ssl as ssl_module
 import struct
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +148,13 @@ VoiceEvent = (
 #: Called with (ssrc, rtp_header, opus_payload) for every authenticated RTP packet (its
 #: padding removed, its DAVE frame opened).
 PacketListener = Callable[[int, bytes, bytes], None]
+#: Returns fresh (VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE) payloads for the same channel:
+#: what a bot gets from the main gateway when its voice server changes (for voxgate, any
+#: node's ``POST /v1/voice/join``).
+Rejoin = Callable[[], Awaitable[tuple[dict[str, Any], dict[str, Any]]]]
+#: Closes after which a connection with a rejoin callback asks it where to go: the channel
+#: moved to another node (4022), the token names another node (4004), or the session is gone.
+_REJOIN_CODES = frozenset({CloseCode.CALL_TERMINATED, CloseCode.AUTHENTICATION_FAILED})
 
 
 class _MediaSocket(asyncio.DatagramProtocol):
@@ -179,11 +186,15 @@ class VoiceConnection:
         modes: Sequence[str] | None = None,
         dave: bool = True,
         reconnect: bool = True,
+        rejoin: Rejoin | None = None,
     ) -> None:
         self.join = join
         self.gateway = ClientGateway(join, modes=modes, dave=dave)
         self._ssl = ssl
         self._reconnect = reconnect
+        self._modes, self._dave_wanted, self._rejoin = modes, dave, rejoin
+        #: Times the rejoin callback sent this connection to a new session.
+        self.rejoins = 0
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._media: _MediaSocket | None = None
@@ -223,6 +234,7 @@ class VoiceConnection:
         modes: Sequence[str] | None = None,
         dave: bool = True,
         reconnect: bool = True,
+        rejoin: Rejoin | None = None,
         timeout: float = 20.0,
     ) -> VoiceConnection:
         """Join with VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE; returns once media can flow.
@@ -231,7 +243,11 @@ class VoiceConnection:
         ``modes`` overrides the order of encryption modes preferred; ``dave=False``
         identifies without end-to-end encryption (``max_dave_protocol_version: 0``);
         ``reconnect=False`` ends the connection when its WebSocket closes instead of
-        resuming (discord.py's ``connect(reconnect=False)``). Raises
+        resuming (discord.py's ``connect(reconnect=False)``). ``rejoin``, when given, is
+        asked for fresh join events whenever the node cannot carry the session on (its
+        channel moved: 4022; the session is gone; the node stops answering), and the
+        connection comes back by itself where they point, as a bot does on a new
+        VOICE_SERVER_UPDATE. Raises
         :class:`VoiceConnectionError` when the server refuses the session (4004, 4014,
         4017 "DAVE required", ...) or nothing answers within ``timeout`` seconds.
         """
@@ -241,6 +257,7 @@ class VoiceConnection:
             modes=modes,
             dave=dave,
             reconnect=reconnect,
+            rejoin=rejoin,
         )
         try:
             async with asyncio.timeout(timeout):
@@ -400,6 +417,8 @@ class VoiceConnection:
             if code == CloseCode.E2EE_REQUIRED:
                 self._failure = VoiceConnectionError(self._dave_required(reason), code)
                 break
+            if self._rejoin is not None and self._ready.is_set() and self._reconnect:
+                action = await self._maybe_rejoin(code, action, attempts)
             if action is CloseAction.STOP or not self._reconnect:
                 break
             if not self._ready.is_set() and action is not CloseAction.RESUME and attempts:
@@ -422,6 +441,37 @@ class VoiceConnection:
         if not self.closed.is_set():
             self.closed.set()
             self._events.put_nowait(ConnectionClosed(code, reason))
+
+    async def _maybe_rejoin(
+        self, code: int | None, action: CloseAction, attempts: int
+    ) -> CloseAction:
+        """Ask the rejoin callback where the session goes now, when the close says the node
+        may no longer carry it; returns the action to take (a new session where the fresh
+        join points, or the one ``after_close`` chose)."""
+        moved_away = code in _REJOIN_CODES
+        # A node that does not answer twice in a row may be dead: ask whether the channel
+        # was placed elsewhere (until it is, the same node is tried again, to resume).
+        unreachable = code is None and attempts >= 1
+        if not (moved_away or action is CloseAction.IDENTIFY or unreachable):
+            return action
+        try:
+            voice_state, voice_server = await self._rejoin()  # type: ignore[misc]
+            join = VoiceJoin.from_events(voice_state, voice_server)
+        except Exception as exc:  # the callback's own failure: tried again after a back-off
+            log.warning("rejoin failed: %s", exc)
+            return CloseAction.RESUME if code is None or moved_away else action
+        if unreachable and not moved_away and join.endpoint == self.join.endpoint:
+            return action  # still placed on the node that does not answer: keep trying it
+        if join.endpoint != self.join.endpoint:
+            log.info("rejoining on %s (was %s)", join.endpoint, self.join.endpoint)
+            if self._media is not None and self._media.transport is not None:
+                self._media.transport.close()
+            self._media = None
+        self.join = join
+        self.gateway = ClientGateway(join, modes=self._modes, dave=self._dave_wanted)
+        self._cipher = None
+        self.rejoins += 1
+        return CloseAction.IDENTIFY
 
     def _dave_required(self, reason: str) -> str:
         offered = self.gateway.max_dave_protocol_version
