@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ async def start_driver(
     out: bool = False,
     seconds: float | None = None,
     linger: float | None = None,
+    flags: Sequence[str] = (),
 ) -> Driver:
     """Start the ``kind`` ("js", "dpy", "pycord") driver doing ``command`` ("play", "receive")."""
     user = join["voice_state"]["user_id"]
@@ -107,6 +109,7 @@ async def start_driver(
         args += ["--seconds", str(seconds)]
     if linger is not None:
         args += ["--linger", str(linger)]
+    args += flags  # e.g. --e2ee (play once encrypted), --no-dave (js)
     env = dict(os.environ)
     if kind == "js":
         program = ["node", str(JS_DRIVER)]
