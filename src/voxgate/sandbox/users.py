@@ -28,7 +28,7 @@ import math
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,7 +112,7 @@ class Heard:
 
     @property
     def duration(self) -> float:
-        """Seconds of decoded audio (pauses included, as the timeline placed them)."""
+        """Seconds of decoded audio, from the first packet (pauses within kept)."""
         return len(self.pcm) / (SAMPLE_RATE * 4)
 
     def save_wav(self, path: Path) -> Path:
@@ -304,6 +304,25 @@ class SimulatedUser:
                 at = time.monotonic() - self.started_at
                 self._timeline.append(SpeakingChange(at, event.user_id, event.flags))
 
+    async def wait_event(
+        self,
+        kind: type[Any],
+        predicate: Callable[[Any], bool] = lambda event: True,
+        *,
+        after: int = 0,
+        timeout: float = 10.0,
+    ) -> Any:
+        """The first event of ``kind`` in :attr:`events` from index ``after`` on for which
+        ``predicate`` holds, waiting for it. Raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events[after:]:
+                if isinstance(event, kind) and predicate(event):
+                    return event
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} got no {kind.__name__} in {timeout:g} s")
+            await asyncio.sleep(0.02)
+
     def speakers(self) -> list[str]:
         """The users this user has received audio from."""
         found: list[str] = []
@@ -327,7 +346,10 @@ class SimulatedUser:
                     opus.extend(packets[sequence] for sequence in sorted(packets))
             track = capture.receiver.by_user().get(speaker)
             if track is not None:
-                pcm.append(bytes(track.pcm))
+                # From the speaker's first packet: the receiver places a track at its
+                # arrival time in the recording, which says nothing about this speaker.
+                lead = max(int((track.started_at - capture.receiver.started_at) * SAMPLE_RATE), 0)
+                pcm.append(bytes(track.pcm[lead * 4 :]))
         return Heard(speaker, opus, b"".join(pcm))
 
     async def wait_heard(
