@@ -55,7 +55,11 @@ class MainGateway:
 
     # What discord.py's Guild.change_voice_state calls.
     async def voice_state(
-        self, guild_id: int, channel_id: int | None, self_mute: bool = False, self_deaf: bool = False
+        self,
+        guild_id: int,
+        channel_id: int | None,
+        self_mute: bool = False,
+        self_deaf: bool = False,
     ) -> None:
         self.requests.append((guild_id, channel_id))
         if self.answer:

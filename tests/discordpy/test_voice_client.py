@@ -9,8 +9,9 @@ byte for byte (Opus passed through) or by its tones (PCM re-encoded).
 
 from __future__ import annotations
 
+import array
 import asyncio
-import json
+import wave
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ import voxgate.discordpy
 from tests.discordpy.harness import start_bot, stop_bot, trust
 from tests.support.audio import SILENCE, decode_opus, dominant_tones, ogg_packets, read_packet_log
 from tests.support.drivers import VoiceChannel
-from voxgate.client import AudioPlayer, AudioReceiver, OggOpusSource, VoiceConnection
+from voxgate.client import AudioPlayer, OggOpusSource, VoiceConnection
 
 pytestmark = pytest.mark.interop
 
@@ -126,9 +127,6 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
     # The WAV sink's file sounds like the file played.
     wav = wav_folder / f"{vox_id}.wav"
     assert wav.exists()
-    import array
-    import wave
-
     with wave.open(str(wav)) as reader:
         frames = reader.readframes(reader.getnframes())
     mono = array.array("h", frames)[0::2]
@@ -139,3 +137,122 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
     assert {vox_id, js_id} <= started
     assert {vox_id, js_id} <= stopped
     assert guild not in {g.id for g in client.guilds if g.voice_client}
+
+
+def _matching(sent: list[float], heard: list[float]) -> int:
+    return sum(a == b for a, b in zip(sent, heard, strict=False))
+
+
+def _tones_of(packets: list[bytes]) -> list[float]:
+    """Dominant tone per 100 ms of decoded Opus, from the first sound on."""
+    mono = decode_opus(packets)
+    start = next(index for index, value in enumerate(mono) if abs(value) > 64)
+    return dominant_tones(mono[start:])
+
+
+async def _play(vc: voxgate.discordpy.VoiceClient, source: discord.AudioSource) -> None:
+    """``vc.play(source)`` until ``after`` is called; fails on the error it is given."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[Exception | None] = loop.create_future()
+    vc.play(source, after=lambda error: loop.call_soon_threadsafe(finished.set_result, error))
+    assert vc.is_playing()
+    error = await asyncio.wait_for(finished, 60)
+    assert error is None
+    assert not vc.is_playing()
+
+
+async def test_bot_plays_ffmpeg_pcm_and_ffmpeg_opus_heard_by_discordjs(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    guild, channel = int(ids()), int(ids())
+    bot_id, js_id = int(ids()), int(ids())
+    pcm_file, pcm_windows = tones(2.0, 23)
+    opus_file, _ = tones(2.0, 24)
+    client, discord_guild, _ = await start_bot(voxgate_server, guild, [channel], user_id=bot_id)
+    try:
+        async with VoiceChannel(voxgate_server, tmp_path, str(guild), str(channel)) as drivers:
+            listener = await drivers.start("js", "receive", str(js_id), out=True, seconds=9)
+            await listener.wait_for("listening")
+            vc = await discord_guild.get_channel(channel).connect(
+                cls=partial(voxgate.discordpy.VoiceClient, ssl=trust(voxgate_server.ca_path))
+            )
+            # A music bot's two usual sources, exactly as it makes them for discord.py.
+            await _play(vc, discord.PCMVolumeTransformer(discord.FFmpegPCMAudio(str(pcm_file))))
+            await _play(vc, discord.FFmpegOpusAudio(str(opus_file), codec="copy"))
+            await vc.disconnect()
+            await drivers.finish()
+    finally:
+        await stop_bot(client)
+    assert listener.out is not None
+    heard = read_packet_log(listener.out)[str(bot_id)]
+    sent = ogg_packets(opus_file)
+    # The Ogg/Opus file's packets, passed through: byte for byte, after the PCM part.
+    start = heard.index(sent[0])
+    assert _trimmed(heard[start:]) == sent
+    # The PCM part, re-encoded by the bot: the same tones, window by window.
+    pcm_part = _trimmed(heard[:start])
+    assert len(pcm_part) >= len(pcm_windows) * 5 - 2
+    matched = _matching(pcm_windows, _tones_of(pcm_part))
+    print(
+        f"\nFFmpegPCMAudio heard by discord.js: {matched}/{len(pcm_windows)} tone windows;"
+        f" FFmpegOpusAudio(codec='copy'): {len(sent)} packets byte-exact"
+    )
+    assert matched >= len(pcm_windows) - 2
+
+
+async def test_a_voice_recv_bot_records_after_its_one_line_switch(
+    voxgate_server, tmp_path, ids, tones, monkeypatch
+) -> None:
+    original = (Path(__file__).parent / "bots" / "voice_recv_recorder.py").read_text()
+    switched = original.replace(
+        "from discord.ext import voice_recv\n", "from voxgate.discordpy import voice_recv\n"
+    )
+    changed = [
+        (before, after)
+        for before, after in zip(original.splitlines(), switched.splitlines(), strict=True)
+        if before != after
+    ]
+    assert changed == [
+        ("from discord.ext import voice_recv", "from voxgate.discordpy import voice_recv")
+    ]
+    bot_module: dict[str, Any] = {"__name__": "voice_recv_recorder_switched"}
+    exec(compile(switched, "voice_recv_recorder.py (switched)", "exec"), bot_module)
+    # The bot cannot be handed a CA: it trusts the node the way a deployed bot trusts its
+    # own, through SSL_CERT_FILE.
+    monkeypatch.setenv("SSL_CERT_FILE", str(voxgate_server.ca_path))
+    guild, channel = int(ids()), int(ids())
+    bot_id, vox_id = int(ids()), int(ids())
+    file, windows = tones(2.0, 25)
+    client, discord_guild, _ = await start_bot(
+        voxgate_server, guild, [channel], user_id=bot_id, members=[vox_id]
+    )
+    try:
+        done = asyncio.Event()
+        recording = asyncio.create_task(
+            bot_module["record"](discord_guild.get_channel(channel), done)
+        )
+        await _until(
+            lambda: (
+                discord_guild.voice_client is not None and discord_guild.voice_client.is_listening()
+            )
+        )
+        assert isinstance(discord_guild.voice_client, voxgate.discordpy.VoiceClient)
+        member = await _voxgate_member(voxgate_server, guild, channel, vox_id)
+        await AudioPlayer(member, OggOpusSource(file)).play()
+        await asyncio.sleep(0.4)
+        done.set()
+        sink = await recording
+        await member.close()
+    finally:
+        await stop_bot(client)
+    assert type(sink).__mro__[1].__module__ == "discord.ext.voice_recv.sinks"
+    pcm = bytes(sink.pcm[vox_id])
+    mono = array.array("h", pcm)[0::2]
+    start = next(index for index, value in enumerate(mono) if abs(value) > 64)
+    matched = _matching(windows, dominant_tones(mono[start:]))
+    print(
+        f"\nvoice-recv sink, unchanged, on voxgate: {len(pcm)} bytes of PCM from {vox_id},"
+        f" {matched}/{len(windows)} tone windows; spurts: {sink.spurts}"
+    )
+    assert matched >= len(windows) - 1
+    assert ("start", vox_id) in sink.spurts and ("stop", vox_id) in sink.spurts

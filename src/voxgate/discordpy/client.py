@@ -426,6 +426,7 @@ class VoiceClient(discord.VoiceProtocol):
         with contextlib.suppress(Exception):
             await self.guild.change_voice_state(channel=None)
         connection, self._connection = self._connection, None
+        runner = self._receiver.last_runner
         self._receiver.close()
         if connection is not None:
             await connection.close()
@@ -433,6 +434,9 @@ class VoiceClient(discord.VoiceProtocol):
             if task is not asyncio.current_task():
                 task.cancel()
         self._signal()
+        if runner is not None:
+            # The sink has had everything and its cleanup() has run once this returns.
+            await asyncio.to_thread(runner.join, _LEAVE_CONFIRMATION_S)
         if was_in_channel:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(

@@ -139,6 +139,8 @@ class Receiver:
         self.depth = depth
         self.connection: VoiceConnection | None = None
         self.runner: SinkRunner | None = None
+        #: The sink of the last ``listen()``, stopped or not (``disconnect`` waits for it).
+        self.last_runner: SinkRunner | None = None
         self._queues: list[asyncio.Queue[tuple[Any, bytes] | None]] = []
         self._streams: dict[int, _Stream] = {}
         #: ssrc -> user id, remembered past the member leaving (op 13 forgets it).
@@ -172,7 +174,7 @@ class Receiver:
     # --- consumers -----------------------------------------------------------------------
 
     def listen(self, sink: Any, after: ListenAfter | None) -> None:
-        self.runner = SinkRunner(self.voice_client, sink, after)
+        self.runner = self.last_runner = SinkRunner(self.voice_client, sink, after)
         self.runner.start()
 
     def stop_listening(self) -> None:
