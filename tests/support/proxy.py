@@ -4,6 +4,8 @@ The client connects to the proxy (the join event's endpoint points at it); TLS p
 through untouched. :meth:`CuttableProxy.cut` first holds every open connection silent for a
 while (what the server sends meanwhile is lost to the client, as on a dead link), then
 resets them; new connections pass again, so the client can come back and Resume.
+:meth:`CuttableProxy.block` cuts the same way and refuses new connections until
+:meth:`CuttableProxy.unblock`: a partition that lasts (a node cut off from Redis).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class CuttableProxy:
         self.target_port = target_port
         self.port = 0
         self.accepted = 0
+        self.blocked = False
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._held: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
@@ -41,7 +44,18 @@ class CuttableProxy:
         for link in cut:
             _abort(link)
 
+    async def block(self, hold_s: float = 0.5) -> None:
+        """Cut every open connection, and reset new ones until :meth:`unblock`."""
+        self.blocked = True
+        await self.cut(hold_s)
+
+    def unblock(self) -> None:
+        self.blocked = False
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            _abort((writer,))
+            return
         self.accepted += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
@@ -76,7 +90,7 @@ class CuttableProxy:
             writer.write_eof()
 
 
-def _abort(link: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+def _abort(link: tuple[asyncio.StreamWriter, ...]) -> None:
     for writer in link:
         sock = writer.get_extra_info("socket")
         if sock is not None:
