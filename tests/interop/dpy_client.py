@@ -12,6 +12,14 @@ built over the smallest stand-ins for the client, guild and channel objects it r
 ``on_voice_state_update`` / ``on_voice_server_update`` once its connector is waiting for
 them, as Discord's gateway would (PROTOCOL.md §8). Events are printed as JSON lines on
 stdout; received Opus packets are written one JSON line each: ``{"user_id", "opus"}``.
+
+DAVE: discord.py 2.7 does it itself with davey (the group, and the encryption of what it
+sends). discord-ext-voice-recv 0.5.2a179 does not: it hands the application the DAVE
+ciphertext (its issue #64). So this driver opens each received frame with discord.py's own
+davey session, ``voice_client._connection.dave_session.decrypt(user_id,
+davey.MediaType.audio, frame)``, as that project's open PR #62 does, on the event loop's
+thread (where discord.py drives the same session), and counts what it opened. It prints
+the privacy code each time it changes and, at the end, davey's own counters per sender.
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+import davey
 import discord
 from discord.oggparse import OggStream
+
+SILENCE = b"\xf8\xff\xfe"
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -156,20 +167,107 @@ async def _connect(events: dict[str, Any]) -> Any:
     return voice, client
 
 
-def _record(voice: Any, out: Path) -> Any:
+class _DaveReceive:
+    """Opens what voice-recv hands over with discord.py's davey session (see the docstring)."""
+
+    def __init__(self, voice: Any) -> None:
+        self.voice = voice
+        self.counts: dict[str, dict[str, int]] = {}
+        #: davey's own counters per sender, the last seen (davey forgets a sender's when
+        #: it leaves the group).
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def refresh(self) -> None:
+        session = self.voice._connection.dave_session
+        if session is None:
+            return
+        for user_id in self.counts:
+            if user_id == "None":
+                continue
+            try:
+                stats = session.get_decryption_stats(int(user_id))
+            except ValueError:
+                continue  # no decryptor for that user (not, or no longer, in our group)
+            if stats is not None:
+                self.stats[user_id] = {
+                    "successes": stats.successes,
+                    "failures": stats.failures,
+                    "passthroughs": stats.passthroughs,
+                    "attempts": stats.attempts,
+                }
+
+    def open(self, user_id: str | None, opus: bytes) -> bytes | None:
+        state = self.voice._connection
+        session = state.dave_session
+        counts = self.counts.setdefault(
+            str(user_id),
+            {"decrypted": 0, "passed_through": 0, "plain": 0, "failed": 0},
+        )
+        is_dave = len(opus) > 12 and opus[-2:] == b"\xfa\xfa"
+        if opus == SILENCE or session is None or not session.ready:
+            counts["plain"] += 1
+            return opus
+        if state.dave_protocol_version == 0 and not is_dave:
+            counts["plain"] += 1  # downgraded: plain Opus is what is sent
+            return opus
+        if user_id is None:
+            counts["failed"] += 1
+            return None
+        try:
+            opened = session.decrypt(int(user_id), davey.MediaType.audio, opus)
+        except ValueError:  # a frame davey cannot open: dropped, as any receiver would
+            counts["failed"] += 1
+            return None
+        counts["decrypted" if is_dave else "passed_through"] += 1
+        return bytes(opened)
+
+    def report(self) -> None:
+        self.refresh()
+        emit(
+            "dave",
+            protocol_version=self.voice._connection.dave_protocol_version,
+            privacy_code=self.voice.voice_privacy_code,
+            opened=self.counts,
+            decryption=self.stats,
+        )
+
+
+async def _watch_privacy_code(voice: Any, dave: _DaveReceive) -> None:
+    shown: str | None = None
+    while True:
+        dave.refresh()
+        session = voice._connection.dave_session
+        code = voice.voice_privacy_code if session is not None and session.ready else None
+        if code != shown:
+            shown = code
+            emit("privacy_code", code=code, epoch=None if session is None else session.epoch)
+        await asyncio.sleep(0.02)
+
+
+def _record(voice: Any, out: Path, dave: _DaveReceive) -> Any:
     """Write every received Opus packet to ``out``; returns the function that stops it."""
     from discord.ext import voice_recv
 
     sink_file = out.open("w")
     count = 0
+    loop = asyncio.get_running_loop()
 
-    def on_packet(user: Any, data: Any) -> None:
+    def write(user_id: str | None, opus: bytes) -> None:
         nonlocal count
-        if data.opus is None:
+        if sink_file.closed:
+            return
+        opened = dave.open(user_id, opus)
+        if opened is None:
             return
         count += 1
+        sink_file.write(json.dumps({"user_id": user_id, "opus": opened.hex()}) + "\n")
+
+    def on_packet(user: Any, data: Any) -> None:
+        # voice-recv's router thread: hand over to the loop, where the davey session lives.
+        if data.opus is None:
+            return
         user_id = str(user.id) if user is not None else None
-        sink_file.write(json.dumps({"user_id": user_id, "opus": data.opus.hex()}) + "\n")
+        loop.call_soon_threadsafe(write, user_id, bytes(data.opus))
 
     voice.listen(voice_recv.BasicSink(on_packet, decode=False))
     emit("listening")
@@ -182,9 +280,22 @@ def _record(voice: Any, out: Path) -> Any:
     return stop
 
 
-async def play(events: dict[str, Any], file: Path, out: Path | None, linger: float) -> None:
+async def _until_encrypted(voice: Any) -> None:
+    """Until the call is end-to-end encrypted for us, so no frame goes out in the clear."""
+    while not voice._connection.can_encrypt:
+        await asyncio.sleep(0.01)
+    emit("e2ee", privacy_code=voice.voice_privacy_code)
+
+
+async def play(
+    events: dict[str, Any], file: Path, out: Path | None, linger: float, e2ee: bool
+) -> None:
     voice, client = await _connect(events)
-    stop_recording = _record(voice, out) if out else None
+    if e2ee:
+        await _until_encrypted(voice)
+    dave = _DaveReceive(voice)
+    watch = asyncio.create_task(_watch_privacy_code(voice, dave))
+    stop_recording = _record(voice, out, dave) if out else None
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     voice.play(OggOpusSource(file), after=lambda error: loop.call_soon_threadsafe(done.set))
@@ -194,6 +305,8 @@ async def play(events: dict[str, Any], file: Path, out: Path | None, linger: flo
     await asyncio.sleep(linger)
     if stop_recording:
         stop_recording()
+    dave.report()
+    watch.cancel()
     await voice.disconnect(force=True)
     await client.http.session.close()
     emit("closed")
@@ -201,10 +314,14 @@ async def play(events: dict[str, Any], file: Path, out: Path | None, linger: flo
 
 async def receive(events: dict[str, Any], seconds: float, out: Path | None) -> None:
     voice, client = await _connect(events)
-    stop_recording = _record(voice, out) if out else None
+    dave = _DaveReceive(voice)
+    watch = asyncio.create_task(_watch_privacy_code(voice, dave))
+    stop_recording = _record(voice, out, dave) if out else None
     await asyncio.sleep(seconds)
     if stop_recording:
         stop_recording()
+    dave.report()
+    watch.cancel()
     await voice.disconnect(force=True)
     await client.http.session.close()
     emit("closed")
@@ -218,13 +335,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--out", type=Path, help="where received packets go (JSON lines)")
     parser.add_argument("--linger", type=float, default=0.5, help="seconds to stay after playing")
+    parser.add_argument("--e2ee", action="store_true", help="play once the call is E2EE")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr)
     events = json.loads(args.join.read_text())
     try:
         if args.command == "play":
-            asyncio.run(play(events, args.file, args.out, args.linger))
+            asyncio.run(play(events, args.file, args.out, args.linger, args.e2ee))
         else:
             asyncio.run(receive(events, args.seconds, args.out))
     except Exception as exc:

@@ -201,6 +201,7 @@ class VoiceConnection:
         self._cipher: TransportCipher | None = None
         self._events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
         self._listeners: list[PacketListener] = []
+        self._wire_listeners: list[PacketListener] = []
         self._ready = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
@@ -315,12 +316,19 @@ class VoiceConnection:
         """The user an ssrc belongs to, as the server's Speaking messages said."""
         return self.gateway.users_by_ssrc.get(ssrc)
 
-    def add_listener(self, listener: PacketListener) -> None:
-        self._listeners.append(listener)
+    def add_listener(self, listener: PacketListener, *, opened: bool = True) -> None:
+        """Call ``listener(ssrc, header, payload)`` for each packet received.
+
+        ``opened=False`` hands over the payload as the server relayed it, before DAVE
+        opens it (what the relay saw: a DAVE frame when the call is end-to-end encrypted);
+        such listeners also get what DAVE then drops.
+        """
+        (self._listeners if opened else self._wire_listeners).append(listener)
 
     def remove_listener(self, listener: PacketListener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
+        for listeners in (self._listeners, self._wire_listeners):
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
 
     async def events(self) -> AsyncIterator[VoiceEvent]:
         """The connection's events, until it closes."""
@@ -635,6 +643,8 @@ class VoiceConnection:
                 return
             payload = unpadded
         ssrc = int.from_bytes(header[8:12], "big")
+        for listener in self._wire_listeners:
+            listener(ssrc, header, payload)
         if not self._listeners:
             return
         dave = self.gateway.dave

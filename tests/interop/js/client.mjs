@@ -8,6 +8,10 @@
 // our own adapterCreator, fed VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE when the library
 // asks to join, as Discord's gateway would. Events are printed as JSON lines on stdout;
 // received Opus packets are written one JSON line each: {"user_id", "opus"}.
+//
+// DAVE: the library's own (daveEncryption, on by default in 0.19; --no-dave turns it off).
+// The driver prints the call's privacy code each time it changes ("privacy_code") and, at
+// the end, davey's own decryption counters per sender ("dave").
 import {
   AudioPlayerStatus,
   EndBehaviorType,
@@ -29,6 +33,8 @@ const { positionals, values } = parseArgs({
     out: { type: 'string' },
     seconds: { type: 'string', default: '3' },
     linger: { type: 'string', default: '0.5' },
+    'no-dave': { type: 'boolean', default: false },
+    e2ee: { type: 'boolean', default: false },
     debug: { type: 'boolean', default: false },
   },
 });
@@ -38,8 +44,10 @@ if (!['play', 'receive'].includes(command) || !values.join) {
   process.exit(2);
 }
 
+// davey gives epochs and counters as BigInts, which JSON cannot hold.
+const plain = (key, value) => (typeof value === 'bigint' ? Number(value) : value);
 const emit = (event, fields = {}) =>
-  console.log(JSON.stringify({ event, t: performance.now() / 1000, ...fields }));
+  console.log(JSON.stringify({ event, t: performance.now() / 1000, ...fields }, plain));
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const events = JSON.parse(readFileSync(values.join, 'utf8'));
@@ -66,6 +74,7 @@ const connection = joinVoiceChannel({
   adapterCreator,
   selfDeaf: false,
   selfMute: false,
+  daveEncryption: !values['no-dave'],
   // Debug output is the only public view of the gateway messages the library receives.
   debug: true,
 });
@@ -80,6 +89,67 @@ connection.on('debug', (message) => {
   }
 });
 
+// The library's DAVE session wrapper, while the networking state has one.
+const daveSession = () => connection.state.networking?.state?.dave;
+
+const heardFrom = new Set();
+// davey forgets a sender's counters when it leaves the group: keep the last ones seen.
+const lastStats = {};
+
+function refreshStats() {
+  const session = daveSession()?.session;
+  for (const userId of heardFrom) {
+    try {
+      const counts = session?.getDecryptionStats(userId);
+      if (counts) {
+        lastStats[userId] = {
+          successes: counts.successes,
+          failures: counts.failures,
+          passthroughs: counts.passthroughs,
+          attempts: counts.attempts,
+        };
+      }
+    } catch {
+      // no decryptor for that user (not, or no longer, in our group)
+    }
+  }
+}
+
+let privacyCode = null;
+const privacyWatch = setInterval(() => {
+  const code = connection.voicePrivacyCode ?? null;
+  if (code !== privacyCode) {
+    privacyCode = code;
+    emit('privacy_code', { code, epoch: daveSession()?.session?.epoch ?? null });
+  }
+  refreshStats();
+}, 20);
+
+function daveReport() {
+  refreshStats();
+  const dave = daveSession();
+  let encrypted = null;
+  try {
+    const counts = dave?.session?.getEncryptionStats();
+    encrypted = counts ? { successes: counts.successes, failures: counts.failures } : null;
+  } catch {
+    encrypted = null;
+  }
+  emit('dave', {
+    protocol_version: dave?.protocolVersion ?? 0,
+    privacy_code: connection.voicePrivacyCode ?? null,
+    decryption: lastStats,
+    encryption: encrypted,
+  });
+}
+
+// --e2ee: start playing only once the call is end-to-end encrypted for us, so that no
+// frame goes out in the clear before the group has us (what a careful bot would do).
+async function untilEncrypted() {
+  while (!daveSession()?.session?.ready) await sleep(10);
+  emit('e2ee', { privacy_code: connection.voicePrivacyCode ?? null });
+}
+
 function record(out) {
   const sink = createWriteStream(out);
   const subscribed = new Set();
@@ -88,6 +158,7 @@ function record(out) {
     emit('speaking', { user_id: userId });
     if (subscribed.has(userId)) return;
     subscribed.add(userId);
+    heardFrom.add(userId);
     const stream = connection.receiver.subscribe(userId, { end: { behavior: EndBehaviorType.Manual } });
     stream.on('data', (opus) => {
       packets += 1;
@@ -105,6 +176,7 @@ try {
   emit('ready', { mode: connection.state.networking?.state?.connectionData?.encryptionMode });
   const finishRecording = values.out ? record(values.out) : null;
   if (command === 'play') {
+    if (values.e2ee) await untilEncrypted();
     const player = createAudioPlayer();
     connection.subscribe(player);
     player.play(createAudioResource(createReadStream(values.file), { inputType: StreamType.OggOpus }));
@@ -118,11 +190,14 @@ try {
     await sleep(Number(values.seconds) * 1000);
   }
   if (finishRecording) await finishRecording();
+  daveReport();
+  clearInterval(privacyWatch);
   connection.destroy();
   emit('closed');
   process.exit(0);
 } catch (error) {
   emit('error', { error: String(error?.stack ?? error) });
+  clearInterval(privacyWatch);
   connection.destroy();
   process.exit(1);
 }

@@ -1,0 +1,152 @@
+"""Real clients end-to-end encrypted through ``voxgate serve``: DAVE with other people's code.
+
+@discordjs/voice 0.19 (its own DAVE) and discord.py 2.7 (davey) run as processes
+(``js/client.mjs``, ``dpy_client.py``), the voxgate client in-process, all against a real
+``voxgate serve`` process with DAVE on (the default, ``--dave preferred``). Each check is
+threefold: the Opus each receiver ends up with is byte for byte the file's; the receiving
+client's own decryption counters (davey's, in whichever client) show frames decrypted and
+none passed through in the clear; and what the sender put on the wire were DAVE frames
+(an in-process voxgate member of the call sees each relayed payload before it opens it, and
+every one but silence ends in the DAVE trailer the relay never touches).
+
+discord-ext-voice-recv hands discord.py's receiver the DAVE ciphertext (its issue #64), so
+the discord.py driver opens frames with discord.py's own davey session, as that project's
+open PR #62 does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import pytest
+
+from tests.support.audio import SILENCE, ogg_packets, read_packet_log
+from tests.support.drivers import Driver, VoiceChannel
+from tests.support.server import RunningServer
+from voxgate.client import VoiceConnection
+from voxgate.client.dave import DaveState
+from voxgate.client.player import AudioPlayer
+from voxgate.client.receiver import AudioReceiver
+from voxgate.client.sources import OggOpusSource
+from voxgate.protocol.dave import is_dave_frame
+
+pytestmark = pytest.mark.interop
+
+LEAD_S = 1.5
+
+
+def _received(driver: Driver, user: str) -> list[bytes]:
+    assert driver.out is not None
+    return read_packet_log(driver.out).get(user, [])
+
+
+def _without_silence(packets: list[bytes]) -> list[bytes]:
+    return [packet for packet in packets if packet != SILENCE]
+
+
+def _dave_report(driver: Driver) -> dict[str, Any]:
+    reports = driver.saw("dave")
+    assert reports, driver.report()
+    return reports[-1]
+
+
+class WireTap:
+    """A voxgate member of the call that keeps every payload as relayed, before DAVE."""
+
+    def __init__(self, connection: VoiceConnection) -> None:
+        self.connection = connection
+        self.payloads: dict[str, list[bytes]] = {}
+        connection.add_listener(self._on_packet, opened=False)
+
+    def _on_packet(self, ssrc: int, header: bytes, payload: bytes) -> None:
+        user = self.connection.user_of(ssrc) or f"ssrc-{ssrc}"
+        self.payloads.setdefault(user, []).append(payload)
+
+    def frames_of(self, user: str) -> list[bytes]:
+        return [p for p in self.payloads.get(user, []) if p != SILENCE]
+
+
+async def _join(server: RunningServer, guild: str, channel: str, user: str, **kwargs: Any):
+    events = server.join(guild, channel, user)
+    trust = ssl.create_default_context(cafile=str(server.ca_path))
+    return await VoiceConnection.connect(
+        events["voice_state"], events["voice_server"], ssl=trust, **kwargs
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender_kind", "receiver_kind"), [("js", "dpy"), ("dpy", "js"), ("js", "js")]
+)
+async def test_third_party_clients_hear_each_other_end_to_end_encrypted(
+    voxgate_server, tmp_path, ids, tones, sender_kind, receiver_kind
+) -> None:
+    file, _ = tones(2.0, 21)
+    sent = ogg_packets(file)
+    guild, channel, sender_id, receiver_id, tap_id = ids(), ids(), ids(), ids(), ids()
+    tap_connection = await _join(voxgate_server, guild, channel, tap_id)
+    tap = WireTap(tap_connection)
+    tap_heard = AudioReceiver(tap_connection, decode=False)
+    try:
+        async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as call:
+            receiver = await call.start(
+                receiver_kind, "receive", receiver_id, out=True, seconds=LEAD_S + 4
+            )
+            await receiver.wait_for("listening")
+            sender = await call.start(sender_kind, "play", sender_id, file=file, flags=["--e2ee"])
+            await call.finish()
+    finally:
+        tap_heard.close()
+        await tap_connection.close()
+    heard = _without_silence(_received(receiver, sender_id))
+    assert heard == sent, receiver.report()
+    report = _dave_report(receiver)
+    counts = report["decryption"][sender_id]
+    assert counts["successes"] >= len(sent) and counts["passthroughs"] == 0, report
+    assert report["privacy_code"], report
+    # On the wire: DAVE frames, every one.
+    wire = tap.frames_of(sender_id)
+    assert len(wire) >= len(sent) - 5 and all(is_dave_frame(frame) for frame in wire)
+    # And the voxgate member, a third receiver, opened them into the same Opus.
+    assert _without_silence(tap_heard.opus_of(sender_id))[-len(sent) + 5 :] == sent[5:]
+    assert tap_connection.dave.frames_decrypted == len(wire)
+    assert tap_connection.dave.frames_passed_through == 0
+    del sender
+
+
+async def _until_encrypted(connection: VoiceConnection, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not connection.dave.ready:
+            await asyncio.sleep(0.01)
+
+
+async def test_the_voxgate_client_is_heard_end_to_end_encrypted_by_both_third_party_clients(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    file, _ = tones(2.0, 22)
+    sent = ogg_packets(file)
+    guild, channel, speaker_id, tap_id, js_id, dpy_id = (ids() for _ in range(6))
+    tap_connection = await _join(voxgate_server, guild, channel, tap_id)
+    tap = WireTap(tap_connection)
+    try:
+        async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as call:
+            js = await call.start("js", "receive", js_id, out=True, seconds=LEAD_S + 4)
+            dpy = await call.start("dpy", "receive", dpy_id, out=True, seconds=LEAD_S + 4)
+            await js.wait_for("listening")
+            await dpy.wait_for("listening")
+            speaker = await _join(voxgate_server, guild, channel, speaker_id)
+            async with speaker:
+                await _until_encrypted(speaker)
+                await AudioPlayer(speaker, OggOpusSource(file)).play()
+                assert speaker.dave.frames_encrypted == len(sent)
+                assert speaker.dave.state is DaveState.ACTIVE
+            await call.finish()
+    finally:
+        await tap_connection.close()
+    for receiver in (js, dpy):
+        assert _without_silence(_received(receiver, speaker_id)) == sent, receiver.report()
+        counts = _dave_report(receiver)["decryption"][speaker_id]
+        assert counts["successes"] >= len(sent) and counts["passthroughs"] == 0, receiver.report()
+    wire = tap.frames_of(speaker_id)
+    assert len(wire) == len(sent) and all(is_dave_frame(frame) for frame in wire)
