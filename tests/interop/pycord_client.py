@@ -42,6 +42,10 @@ from discord.raw_models import RawVoiceServerUpdateEvent, RawVoiceStateUpdateEve
 from discord.sinks import Sink
 from discord.voice import VoiceClient
 
+DAVE_MAGIC = b"\xfa\xfa"
+#: Received payloads by how they were opened: through DAVE, or transport encryption only.
+OPENED = {"dave": 0, "plain": 0}
+
 
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
@@ -229,10 +233,15 @@ def _work_around_py_cord_receive() -> None:
         payload: bytes = self._decryptor_rtp(packet)
         state = self.client._connection
         dave = state.dave_session
-        if dave is not None and dave.ready:
+        # Only DAVE frames (they end in the 0xFAFA marker) go through DAVE; the others are
+        # what a sender sends before its group is ready, and are plain Opus.
+        if dave is not None and dave.ready and payload.endswith(DAVE_MAGIC):
             user_id = state.ssrc_user_map.get(packet.ssrc)
             if user_id:
                 payload = dave.decrypt(user_id, reader.davey.MediaType.audio, payload)
+                OPENED["dave"] += 1
+                return payload
+        OPENED["plain"] += 1
         return payload
 
     decryptor = reader.PacketDecryptor
@@ -261,7 +270,7 @@ async def _connect(events: dict[str, Any]) -> tuple[VoiceClient, _Client]:
     voice = VoiceClient(client, channel)  # type: ignore[arg-type]
     guild.voice_client = voice
     await voice.connect(reconnect=True, timeout=20.0, self_deaf=False, self_mute=False)
-    emit("ready", mode=voice.mode, ssrc=voice.ssrc)
+    emit("ready", mode=voice.mode, ssrc=voice.ssrc, dave=voice._connection.dave_protocol_version)
     return voice, client
 
 
@@ -282,7 +291,7 @@ def _record(voice: VoiceClient, out: Path) -> Any:
             if voice.is_recording():
                 voice.stop_recording()
         sink.cleanup()
-        emit("received", packets=sink.count)
+        emit("received", packets=sink.count, opened=OPENED)
 
     return stop
 
