@@ -11,8 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 with atheris.instrument_imports():
     import voxgate.protocol.crypto
+    import voxgate.protocol.dave
     import voxgate.protocol.discovery
     import voxgate.protocol.messages
+    import voxgate.protocol.mls
     import voxgate.protocol.rtp
     import voxgate.server.media
     import voxgate.server.router

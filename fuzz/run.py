@@ -26,6 +26,11 @@ def run_one(name: str, seconds: int) -> tuple[int, int, float]:
     crashes.mkdir(parents=True, exist_ok=True)
     corpus = HERE / "corpus" / name
     corpus.mkdir(parents=True, exist_ok=True)
+    if not any(corpus.iterdir()):
+        from targets import seeds
+
+        for index, seed in enumerate(seeds(name)):
+            (corpus / f"seed-{index}").write_bytes(seed)
     command = [
         sys.executable,
         str(HERE / "harness.py"),
