@@ -87,3 +87,24 @@ async def test_py_cord_records_the_others_byte_exact_through_its_own_sink(
     assert 0 < len(heard) - len(sent) <= 5
     assert receiver.saw("voice_member_connect", user_id=sender_id)
     assert receiver.saw("voice_member_speaking_state_update", user_id=sender_id)
+
+
+@pytest.mark.parametrize(
+    "mode", ["xsalsa20_poly1305_lite", "xsalsa20_poly1305_suffix", "xsalsa20_poly1305"]
+)
+async def test_py_cord_to_py_cord_in_the_legacy_xsalsa20_modes(
+    start_voxgate, tmp_path: Path, ids: Callable[[], str], tones, mode: str
+) -> None:
+    # py-cord's other three modes, its own decryptors for each (no work-around applies)
+    server = start_voxgate("--modes", mode)
+    file, _ = tones(1.0, 9)
+    sender_id, receiver_id = ids(), ids()
+    async with VoiceChannel(server, tmp_path, ids(), ids()) as channel:
+        receiver = await channel.start(
+            "pycord", "receive", receiver_id, out=True, seconds=LEAD_S + 3
+        )
+        await receiver.wait_for("listening")
+        sender = await channel.start("pycord", "play", sender_id, file=file)
+        assert (await sender.wait_for("ready"))["mode"] == mode
+        await channel.finish()
+    assert _without_trailing_silence(_received(receiver, sender_id)) == ogg_packets(file)
