@@ -47,6 +47,8 @@ class MainGateway:
         self.client = client
         self.server = server
         self.answer = True
+        #: Where VOICE_SERVER_UPDATE points instead of the node (a proxy in front of it).
+        self.endpoint: str | None = None
         self.open = True
         #: Every op 4 the bot sent: (guild id, channel id or None).
         self.requests: list[tuple[int, int | None]] = []
@@ -97,6 +99,8 @@ class MainGateway:
         self._session_id = join["voice_state"]["session_id"]
         voice_state.update(channel_id=str(channel_id), session_id=self._session_id)
         state.parse_voice_state_update(voice_state)  # type: ignore[arg-type]
+        if self.endpoint is not None:
+            join["voice_server"]["endpoint"] = self.endpoint
         state.parse_voice_server_update(join["voice_server"])
 
     async def fail_over(self, guild_id: int, channel_id: int, server: RunningServer) -> None:
