@@ -127,6 +127,8 @@ def test_proposals_append_and_revoke_round_trip_through_their_parsers() -> None:
     [
         (OTHER_USER_ID + 1, None, "identity mismatch"),
         (OTHER_USER_ID, {"cipher_suite": 1}, "wrong cipher suite"),
+        # bytes 2-3 of a bare suite-5 key package read like an MLSMessage's wire format
+        (OTHER_USER_ID, {"cipher_suite": 5}, "wrong cipher suite"),
         (OTHER_USER_ID, {"version": 2}, "unsupported MLS version"),
         (OTHER_USER_ID, {"signature": b"\x30\x00"}, "bad key package signature"),
         (OTHER_USER_ID, {"init_key": b"\x04" + bytes(64)}, "bad init key"),

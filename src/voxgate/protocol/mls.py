@@ -551,15 +551,12 @@ def parse_key_package(data: bytes) -> KeyPackage:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MlsError("not bytes")
     data = bytes(data)
-    reader = Reader(data)
-    if data[2:4] == WireFormat.KEY_PACKAGE.to_bytes(2, "big"):
-        if reader.pull_uint16() != MLS_VERSION:
-            raise MlsError("unsupported MLS version")
-        reader.pull_uint16()
-        reader = Reader(data, 4)
-    kp = pull_key_package(reader)
-    reader.expect_end()
-    return kp
+    if data[:4] == b"\x00\x01\x00\x05":
+        try:
+            return _parse_all(data[4:], pull_key_package)
+        except MlsError:
+            pass  # perhaps a bare KeyPackage of cipher suite 5: let its checks say so
+    return _parse_all(data, pull_key_package)
 
 
 def key_package_ref(kp: KeyPackage) -> bytes:
