@@ -425,6 +425,7 @@ class VoiceConnection:
             if code == CloseCode.E2EE_REQUIRED:
                 self._failure = VoiceConnectionError(self._dave_required(reason), code)
                 break
+            rejoined = self.rejoins
             if self._rejoin is not None and self._ready.is_set() and self._reconnect:
                 action = await self._maybe_rejoin(code, action, attempts)
             if action is CloseAction.STOP or not self._reconnect:
@@ -441,8 +442,8 @@ class VoiceConnection:
             attempts += 1
             if action is CloseAction.RESUME and self.gateway.ready is None:
                 action = CloseAction.IDENTIFY
-            if action is CloseAction.IDENTIFY and code is not None:
-                continue  # the server answered and said "new session": no reason to wait
+            if action is CloseAction.IDENTIFY and (code is not None or self.rejoins > rejoined):
+                continue  # told "new session", or where one waits: no reason to wait
             await asyncio.sleep(min(0.25 * 2 ** (attempts - 1), RECONNECT_MAX_DELAY_S))
         if not self._ready.is_set():
             self._failure = VoiceConnectionError(reason or "the server closed the connection", code)
