@@ -11,7 +11,7 @@ Keys (SCALE.md §3, prefix ``vg:`` by default; a channel key is the JSON ``["gui
   hands and never reset by a release; ``vg:placed:<id>`` SET of the keys a node holds.
 
 Every step is one Lua script, so each is atomic and costs one round trip: a join is two
-(``LIVE_NODES``, ``CLAIM``), a heartbeat is two pipelined (``HEARTBEAT``, ``RECONCILE``).
+(``LIVE_NODES``, ``CLAIM``), a heartbeat one (``RECONCILE`` with the heartbeat first).
 The scripts name keys they build themselves, which a single Redis (or a replica set)
 allows and Redis Cluster would not.
 """
@@ -106,8 +106,20 @@ return {owner, redis.call('HGET', ck, 'epoch'),
 RECONCILE = """
 local p, me, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local mine = p..'placed:'..me
+-- ARGV[5]: '1' when a heartbeat comes first (ttl, endpoint, state, sessions, channels, cpu)
+local i = 6
+if ARGV[5] == '1' then
+  if ARGV[6] == '0' then
+    redis.call('SET', p..'alive:'..me, '1')
+  else
+    redis.call('SET', p..'alive:'..me, '1', 'PX', ARGV[6])
+  end
+  redis.call('HSET', p..'node:'..me, 'endpoint', ARGV[7], 'state', ARGV[8],
+    'sessions', ARGV[9], 'channels', ARGV[10], 'cpu', ARGV[11])
+  redis.call('SADD', p..'nodes', me)
+  i = 12
+end
 local occupied, given, order = {}, {}, {}
-local i = 5
 while i <= #ARGV do
   local k = ARGV[i + 1]
   if ARGV[i] == 'o' then
@@ -246,18 +258,10 @@ class RedisPlacementStore:
         known: Mapping[ChannelKey, int],
         now: float,
     ) -> Reconciled:
-        """:meth:`heartbeat` then :meth:`reconcile` (everything), pipelined: one round trip."""
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                await self._heartbeat(args=self._heartbeat_args(load, ttl_s), client=pipe)
-                await self._reconcile(
-                    args=self._reconcile_args(load.node_id, occupied, known, now, True),
-                    client=pipe,
-                )
-                _, raw = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from None
-        return self._reconciled(raw)
+        """:meth:`heartbeat` then :meth:`reconcile` (everything), in one script call."""
+        beat = self._heartbeat_args(load, ttl_s)[2:]
+        args = self._reconcile_args(load.node_id, occupied, known, now, True, beat)
+        return self._reconciled(await self._run(self._reconcile, args))
 
     async def remove_node(self, node_id: str) -> None:
         try:
@@ -297,8 +301,10 @@ class RedisPlacementStore:
         known: Mapping[ChannelKey, int],
         now: float,
         everything: bool,
+        beat: list[Any] | None = None,
     ) -> list[Any]:
         args: list[Any] = [self.prefix, node_id, f"{now:.3f}", "1" if everything else "0"]
+        args += ["0"] if beat is None else ["1", *beat]
         for key in occupied:
             args += ["o", encode_key(key)]
         for key in known:
