@@ -17,11 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.audio import ogg_packets, tone_sequence, write_tones
-from tests.support.dave_sessions import (
+from tests.support.dave_peers import (
     IMPLEMENTATIONS,
-    DaveSession,
+    DavePeer,
     Implementation,
-    make_session,
+    make_peer,
 )
 from voxgate.protocol import mls
 from voxgate.protocol.dave import (
@@ -37,10 +37,10 @@ from voxgate.protocol.errors import DaveFrameError, MlsError
 CHANNEL_ID = 42
 
 
-def _established_pair(implementation: Implementation) -> tuple[DaveSession, DaveSession]:
+def _established_pair(implementation: Implementation) -> tuple[DavePeer, DavePeer]:
     sender = mls.ExternalSender()
-    a = make_session(implementation, 1, CHANNEL_ID)
-    b = make_session("davey", 2, CHANNEL_ID)
+    a = make_peer(implementation, 1, CHANNEL_ID)
+    b = make_peer("davey", 2, CHANNEL_ID)
     for member in (a, b):
         member.set_external_sender(sender.package())
     b.users_connected([1])

@@ -13,12 +13,12 @@ import itertools
 
 import pytest
 
-from tests.support.dave_sessions import (
+from tests.support.dave_peers import (
     IMPLEMENTATIONS,
-    DaveSession,
-    DaveSessionError,
+    DavePeer,
+    DavePeerError,
     Implementation,
-    make_session,
+    make_peer,
 )
 from voxgate.protocol import mls
 from voxgate.protocol.dave import is_dave_frame, parse_dave_frame
@@ -29,7 +29,7 @@ OPUS = bytes(range(1, 41))
 PAIRS = list(itertools.product(IMPLEMENTATIONS, repeat=2))
 
 
-def _assert_one_group(members: list[DaveSession]) -> None:
+def _assert_one_group(members: list[DavePeer]) -> None:
     authenticators = {member.epoch_authenticator() for member in members}
     assert len(authenticators) == 1 and None not in authenticators
     codes = {member.privacy_code for member in members}
@@ -43,7 +43,7 @@ def _assert_one_group(members: list[DaveSession]) -> None:
 
 
 def _establish(
-    sender: mls.ExternalSender, committer: DaveSession, joiners: list[DaveSession]
+    sender: mls.ExternalSender, committer: DavePeer, joiners: list[DavePeer]
 ) -> tuple[mls.Commit, mls.Welcome | None, list[mls.Proposal]]:
     """Initial group: the committer gets an Add per joiner at epoch 0 (DAVE.md §4.2)."""
     everyone = [committer, *joiners]
@@ -68,7 +68,7 @@ def _establish(
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_real_key_packages_parse_verify_and_reencode(implementation: Implementation) -> None:
-    peer = make_session(implementation, 158049329150427136, CHANNEL_ID)
+    peer = make_peer(implementation, 158049329150427136, CHANNEL_ID)
     peer.set_external_sender(mls.ExternalSender().package())
     raw = peer.key_package()
     assert raw[:4] == b"\x00\x01\x00\x02"  # bare, DAVE.md §2
@@ -89,8 +89,8 @@ def test_external_add_yields_a_commit_and_welcome_we_parse(
     committer_impl: Implementation, joiner_impl: Implementation
 ) -> None:
     sender = mls.ExternalSender()
-    committer = make_session(committer_impl, 1001, CHANNEL_ID)
-    joiner = make_session(joiner_impl, 1002, CHANNEL_ID)
+    committer = make_peer(committer_impl, 1001, CHANNEL_ID)
+    joiner = make_peer(joiner_impl, 1002, CHANNEL_ID)
     commit, welcome, (add,) = _establish(sender, committer, [joiner])
     assert (commit.group_id, commit.epoch) == (GROUP_ID, 0)
     assert (commit.sender_type, commit.sender_leaf) == (mls.SenderType.MEMBER, 0)
@@ -108,7 +108,7 @@ def test_join_then_remove_in_an_established_group(
     implementations: tuple[Implementation, ...],
 ) -> None:
     sender = mls.ExternalSender()
-    a, b, c = (make_session(impl, 2001 + i, CHANNEL_ID) for i, impl in enumerate(implementations))
+    a, b, c = (make_peer(impl, 2001 + i, CHANNEL_ID) for i, impl in enumerate(implementations))
     _establish(sender, a, [b])
     # C joins at epoch 1: both members get the Add, B commits (DAVE.md §4.3).
     c.set_external_sender(sender.package())
@@ -151,8 +151,8 @@ def test_join_then_remove_in_an_established_group(
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_revoking_the_only_add_leaves_nothing_to_commit(implementation: Implementation) -> None:
     sender = mls.ExternalSender()
-    committer = make_session(implementation, 3001, CHANNEL_ID)
-    joiner = make_session("davey", 3002, CHANNEL_ID)
+    committer = make_peer(implementation, 3001, CHANNEL_ID)
+    joiner = make_peer("davey", 3002, CHANNEL_ID)
     committer.set_external_sender(sender.package())
     add = sender.propose_add(GROUP_ID, 0, mls.parse_key_package(joiner.key_package()))
     assert committer.process_proposals(0, mls.proposals_append([add]), [3002]) is not None
@@ -164,7 +164,7 @@ def test_revoking_the_only_add_leaves_nothing_to_commit(implementation: Implemen
 
 def test_davey_refuses_a_tampered_signature_a_foreign_key_and_a_wrong_epoch() -> None:
     sender = mls.ExternalSender()
-    joiner = make_session("davey", 4002, CHANNEL_ID)
+    joiner = make_peer("davey", 4002, CHANNEL_ID)
     kp = mls.parse_key_package(joiner.key_package())
     good = sender.propose_add(GROUP_ID, 0, kp)
     tampered = bytearray(good.message)
@@ -172,25 +172,25 @@ def test_davey_refuses_a_tampered_signature_a_foreign_key_and_a_wrong_epoch() ->
     foreign = mls.ExternalSender().propose_add(GROUP_ID, 0, kp)
     wrong_epoch = sender.propose_add(GROUP_ID, 5, kp)
     for message in (bytes(tampered), foreign.message, wrong_epoch.message):
-        committer = make_session("davey", 4001, CHANNEL_ID)
+        committer = make_peer("davey", 4001, CHANNEL_ID)
         committer.set_external_sender(sender.package())
-        with pytest.raises(DaveSessionError):
+        with pytest.raises(DavePeerError):
             committer.process_proposals(0, mls.proposals_append([message]), [4002])
-    committer = make_session("davey", 4001, CHANNEL_ID)
+    committer = make_peer("davey", 4001, CHANNEL_ID)
     committer.set_external_sender(sender.package())
     assert committer.process_proposals(0, mls.proposals_append([good]), [4002]) is not None
 
 
 def test_an_add_for_an_unexpected_user_is_refused_by_both() -> None:
     sender = mls.ExternalSender()
-    kp = mls.parse_key_package(make_session("davey", 5002, CHANNEL_ID).key_package())
+    kp = mls.parse_key_package(make_peer("davey", 5002, CHANNEL_ID).key_package())
     add = sender.propose_add(GROUP_ID, 0, kp)
     for implementation in IMPLEMENTATIONS:
-        committer = make_session(implementation, 5001, CHANNEL_ID)
+        committer = make_peer(implementation, 5001, CHANNEL_ID)
         committer.set_external_sender(sender.package())
         try:
             result = committer.process_proposals(0, mls.proposals_append([add]), [5003])
-        except DaveSessionError:
+        except DavePeerError:
             result = None
         assert result is None
 
@@ -198,8 +198,8 @@ def test_an_add_for_an_unexpected_user_is_refused_by_both() -> None:
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_real_dave_frames_parse_and_pass_the_frame_check(implementation: Implementation) -> None:
     sender = mls.ExternalSender()
-    a = make_session(implementation, 6001, CHANNEL_ID)
-    b = make_session("davey", 6002, CHANNEL_ID)
+    a = make_peer(implementation, 6001, CHANNEL_ID)
+    b = make_peer("davey", 6002, CHANNEL_ID)
     _establish(sender, a, [b])
     for count in range(1, 301):
         frame = a.encrypt_opus(OPUS)

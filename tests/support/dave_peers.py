@@ -1,12 +1,12 @@
-"""DAVE sessions for protocol tests: a davey session or a libdave (dave.py) session behind
+"""In-process DAVE peers for tests: a davey session or a libdave (dave.py) session behind
 one small byte-level interface, the client role of DAVE.md §4 with no gateway messages.
 
-(``tests/support/dave_peers.py`` is the server tests' helper, which speaks gateway
+(``tests/server/dave_call.py`` is the server tests' harness, which speaks gateway
 messages to :class:`~voxgate.server.dave.DaveGroup`; this one takes the raw MLS bytes.)
 A test plays the voice gateway with :mod:`voxgate.protocol.mls` and calls what a real
 client calls on each message::
 
-    peer = make_session("davey", user_id=1, channel_id=42)    # or "libdave"
+    peer = make_peer("davey", user_id=1, channel_id=42)       # or "libdave"
     op26 = peer.key_package()                                 # after op 4
     peer.set_external_sender(op25)                            # op 25
     peer.users_connected([2, 3])                              # op 11 (libdave needs it)
@@ -16,7 +16,7 @@ client calls on each message::
     peer.epoch_authenticator(); peer.privacy_code
     frame = peer.encrypt_opus(opus); other.decrypt(peer.user_id, frame)
 
-Failures raise :class:`DaveSessionError` (what a client answers with op 31). Proposals go
+Failures raise :class:`DavePeerError` (what a client answers with op 31). Proposals go
 in the way the real clients feed them: discord.py gives davey the payload after the
 optype byte and the optype separately, libdave takes the byte with it (DAVE.md §2).
 """
@@ -41,11 +41,11 @@ Implementation = Literal["davey", "libdave"]
 IMPLEMENTATIONS: tuple[Implementation, ...] = ("davey", "libdave")
 
 
-class DaveSessionError(Exception):
+class DavePeerError(Exception):
     """The session's DAVE library refused a message (a real client would send op 31)."""
 
 
-class DaveSession(abc.ABC):
+class DavePeer(abc.ABC):
     """One member's DAVE session. ``user_id`` and ``channel_id`` are Discord snowflakes."""
 
     implementation: Implementation
@@ -85,22 +85,22 @@ class DaveSession(abc.ABC):
 
     @abc.abstractmethod
     def process_commit(self, commit: bytes) -> None:
-        """Op 29's commit (after the transition id). Raises DaveSessionError."""
+        """Op 29's commit (after the transition id). Raises DavePeerError."""
 
     @abc.abstractmethod
     def process_welcome(self, welcome: bytes) -> None:
-        """Op 30's Welcome (after the transition id). Raises DaveSessionError."""
+        """Op 30's Welcome (after the transition id). Raises DavePeerError."""
 
     @abc.abstractmethod
     def epoch_authenticator(self) -> bytes | None: ...
 
     @abc.abstractmethod
     def encrypt_opus(self, frame: bytes) -> bytes:
-        """The DAVE frame of one Opus frame (silence stays as is). Raises DaveSessionError."""
+        """The DAVE frame of one Opus frame (silence stays as is). Raises DavePeerError."""
 
     @abc.abstractmethod
     def decrypt(self, user_id: int, frame: bytes) -> bytes:
-        """The Opus frame ``user_id`` sent. Raises DaveSessionError."""
+        """The Opus frame ``user_id`` sent. Raises DavePeerError."""
 
     @abc.abstractmethod
     def reset(self) -> None:
@@ -133,10 +133,10 @@ class DaveSession(abc.ABC):
         return users
 
     def __repr__(self) -> str:
-        return f"<{self.implementation} session {self.user_id}>"
+        return f"<{self.implementation} peer {self.user_id}>"
 
 
-class DaveySession(DaveSession):
+class DaveyPeer(DavePeer):
     """davey 0.1.x (Rust/openmls), the session discord.py 2.7 uses."""
 
     implementation: Implementation = "davey"
@@ -153,7 +153,7 @@ class DaveySession(DaveSession):
         try:
             self.session.set_external_sender(package)
         except ValueError as error:
-            raise DaveSessionError(str(error)) from error
+            raise DavePeerError(str(error)) from error
 
     def process_proposals(
         self, optype: int, payload: bytes, expected_user_ids: Iterable[int] | None = None
@@ -168,7 +168,7 @@ class DaveySession(DaveSession):
         try:
             result = self.session.process_proposals(operation, payload, expected)
         except ValueError as error:
-            raise DaveSessionError(str(error)) from error
+            raise DavePeerError(str(error)) from error
         if result is None:
             return None
         return bytes(result.commit) + bytes(result.welcome or b"")
@@ -177,13 +177,13 @@ class DaveySession(DaveSession):
         try:
             self.session.process_commit(commit)
         except ValueError as error:
-            raise DaveSessionError(str(error)) from error
+            raise DavePeerError(str(error)) from error
 
     def process_welcome(self, welcome: bytes) -> None:
         try:
             self.session.process_welcome(welcome)
         except ValueError as error:
-            raise DaveSessionError(str(error)) from error
+            raise DavePeerError(str(error)) from error
 
     def epoch_authenticator(self) -> bytes | None:
         if not self.session.ready:
@@ -194,13 +194,13 @@ class DaveySession(DaveSession):
         try:
             return bytes(self.session.encrypt_opus(frame))
         except ValueError as error:
-            raise DaveSessionError(str(error)) from error
+            raise DavePeerError(str(error)) from error
 
     def decrypt(self, user_id: int, frame: bytes) -> bytes:
         try:
             return bytes(self.session.decrypt(user_id, davey.MediaType.audio, frame))
         except ValueError as error:
-            raise DaveSessionError(str(error)) from error
+            raise DavePeerError(str(error)) from error
 
     def reset(self) -> None:
         self.session.reinit(DAVE_VERSION, self.user_id, self.channel_id)
@@ -224,7 +224,7 @@ class DaveySession(DaveSession):
         return self.session.voice_privacy_code or None
 
 
-class LibdaveSession(DaveSession):
+class LibdavePeer(DavePeer):
     """libdave (Discord's C++ DAVE) through dave.py, the session nextcord uses."""
 
     implementation: Implementation = "libdave"
@@ -240,9 +240,9 @@ class LibdaveSession(DaveSession):
         self.decryptors: dict[int, dave.Decryptor] = {}
         self.roster: set[int] = set()
 
-    def _failure(self, what: str) -> DaveSessionError:
+    def _failure(self, what: str) -> DavePeerError:
         detail = "; ".join(f"{source}: {reason}" for source, reason in self.failures[-3:])
-        return DaveSessionError(f"libdave {what} failed: {detail or 'no detail'}")
+        return DavePeerError(f"libdave {what} failed: {detail or 'no detail'}")
 
     def key_package(self) -> bytes:
         package = self.session.get_marshalled_key_package()
@@ -310,7 +310,7 @@ class LibdaveSession(DaveSession):
     def decrypt(self, user_id: int, frame: bytes) -> bytes:
         decryptor = self.decryptors.get(int(user_id))
         if decryptor is None:
-            raise DaveSessionError(f"libdave has no key ratchet for user {user_id}")
+            raise DavePeerError(f"libdave has no key ratchet for user {user_id}")
         plain = decryptor.decrypt(dave.MediaType.audio, frame)
         if plain is None:
             raise self._failure("decrypt")
@@ -328,8 +328,8 @@ class LibdaveSession(DaveSession):
         return bool(self.session.has_established_group())
 
 
-def make_session(implementation: Implementation, user_id: int, channel_id: int) -> DaveSession:
+def make_peer(implementation: Implementation, user_id: int, channel_id: int) -> DavePeer:
     """A DAVE member of ``implementation`` ("davey" or "libdave")."""
     if implementation == "davey":
-        return DaveySession(user_id, channel_id)
-    return LibdaveSession(user_id, channel_id)
+        return DaveyPeer(user_id, channel_id)
+    return LibdavePeer(user_id, channel_id)
