@@ -17,6 +17,7 @@ from tests.support.dave_peers import (
     IMPLEMENTATIONS,
     DavePeer,
     DavePeerError,
+    DaveyPeer,
     Implementation,
     make_peer,
 )
@@ -209,3 +210,50 @@ def test_real_dave_frames_parse_and_pass_the_frame_check(implementation: Impleme
         assert parsed.supplemental_size == (12 if count < 128 else 13)
         assert b.decrypt(a.user_id, frame) == OPUS
     assert a.encrypt_opus(b"\xf8\xff\xfe") == b"\xf8\xff\xfe"
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_remove_and_adds_in_one_commit_fill_the_freed_leaf_in_commit_order(
+    implementation: Implementation,
+) -> None:
+    """What a gateway's leaf table relies on (DAVE.md §3.4): whatever order the committer
+    lists its refs in (davey puts Adds before Removes, libdave keeps op 27's order), the
+    Removes apply first and the Adds then take the leftmost blank leaves in ref order."""
+    sender = mls.ExternalSender()
+    a = make_peer(implementation, 7001, CHANNEL_ID)
+    b = make_peer("davey", 7002, CHANNEL_ID)
+    c = make_peer("davey", 7003, CHANNEL_ID)
+    d = make_peer("libdave", 7004, CHANNEL_ID)
+    _establish(sender, a, [b])
+    for peer in (c, d):
+        peer.set_external_sender(sender.package())
+        peer.users_connected([7001, 7002, 7003, 7004])
+    a.users_connected([7003, 7004])
+    kp_c = mls.parse_key_package(c.key_package())
+    kp_d = mls.parse_key_package(d.key_package())
+    proposals = [
+        sender.propose_add(GROUP_ID, 1, kp_c),
+        sender.propose_remove(GROUP_ID, 1, 1),
+        sender.propose_add(GROUP_ID, 1, kp_d),
+    ]
+    op28 = a.process_proposals(0, mls.proposals_append(proposals))
+    assert op28 is not None
+    commit, welcome = mls.split_commit_welcome(op28)
+    assert sorted(commit.proposal_refs) == sorted(p.ref for p in proposals)
+    adds_in_commit_order = [
+        kp
+        for ref in commit.proposal_refs
+        for p in proposals
+        if p.ref == ref and (kp := p.key_package)
+    ]
+    assert welcome is not None
+    assert welcome.new_members == tuple(mls.key_package_ref(kp) for kp in adds_in_commit_order)
+    a.process_commit(commit.raw)
+    c.process_welcome(welcome.raw)
+    d.process_welcome(welcome.raw)
+    first_added = c if adds_in_commit_order[0] is kp_c else d
+    second_added = d if first_added is c else c
+    assert isinstance(c, DaveyPeer)
+    assert c.own_leaf_index == (1 if first_added is c else 2)
+    assert {first_added.user_id, second_added.user_id} == {7003, 7004}
+    _assert_one_group([a, c, d])
