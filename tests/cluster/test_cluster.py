@@ -252,12 +252,13 @@ async def test_discord_js_and_discord_py_hear_each_other_on_a_channel_minted_by_
 ) -> None:  # fmt: skip
     cluster.start(redis_url, 3)
     minting = cluster.nodes[2]
-    channel = f"interop-{sender_kind}"
-    hosting = await _placed(minting, channel)
+    # Real clients take snowflakes: numeric ids.
+    guild, channel = "3001", "3002"
+    hosting = (await _join(minting, guild, channel, "2000"))["voice_server"]["endpoint"]
     assert hosting != cluster.endpoint(minting)
     file, _ = tones(2.0, 1)
     sent = ogg_packets(file)
-    async with VoiceChannel(minting, tmp_path, "g", channel) as call:
+    async with VoiceChannel(minting, tmp_path, guild, channel) as call:
         receiver = await call.start(receiver_kind, "receive", "2001", out=True, seconds=LEAD_S + 4)
         await receiver.wait_for("listening")
         await call.start(sender_kind, "play", "2002", file=file)
@@ -408,9 +409,10 @@ async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
     await proxy.start()
     db = redis_url.rsplit("/", 1)[1]
     try:
-        # n0 reaches Redis only through the proxy; n1 directly.
-        [cut] = cluster.start(f"redis://127.0.0.1:{proxy.port}/{db}")
-        [direct] = cluster.start(redis_url)
+        # n0 reaches Redis only through the proxy (which runs in this event loop); n1 directly.
+        [cut] = await asyncio.to_thread(cluster.start, f"redis://127.0.0.1:{proxy.port}/{db}")
+        [direct] = await asyncio.to_thread(cluster.start, redis_url)
+        await _eventually(lambda: len(_view(direct)["nodes"]) == 2)
         assert await _placed(direct, "split") == cluster.endpoint(cut)
         first = await _connect(cluster, direct, "split", "first", [direct])
         second = await _connect(cluster, direct, "split", "second", [direct])
@@ -436,11 +438,15 @@ async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
         await _audio_arrives_byte_exact(first, third)
         await _audio_arrives_byte_exact(third, second)
         assert cut.health()["sessions"] == 0 and direct.health()["sessions"] == 3
-        assert _placed_channels(_view(cut)) == {"n0": [], "n1": ["split"]}
+        # Off the event loop: n0 answers through Redis, and its Redis is behind this loop's proxy.
+        view = await asyncio.to_thread(_view, cut)
+        assert _placed_channels(view) == {"n0": [], "n1": ["split"]}
         assert "channel g/split is held by node n1 now: ending its 2 sessions here" in (
             cluster.log(cut)
         )
-        assert _metrics(cut)["voxgate_cluster_sessions_fenced_total"] == 2
+        metrics = await asyncio.to_thread(_metrics, cut)
+        assert metrics["voxgate_cluster_sessions_fenced_total"] == 2
+        assert metrics["voxgate_cluster_claims_lost_total"] == 1
         for connection in (first, second, third):
             await connection.close()
         await store.aclose()
