@@ -25,6 +25,7 @@ from tests.discordpy.harness import start_bot, stop_bot, trust
 from tests.support.audio import SILENCE, decode_opus, dominant_tones, ogg_packets, read_packet_log
 from tests.support.drivers import VoiceChannel
 from voxgate.client import AudioPlayer, OggOpusSource, VoiceConnection
+from voxgate.protocol.dave import is_dave_frame
 
 pytestmark = pytest.mark.interop
 
@@ -66,22 +67,40 @@ async def _until(predicate: Any, timeout: float = 20.0) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
-    voxgate_server, tmp_path, ids, tones
+async def _in_group(connection: VoiceConnection, *users: int) -> str:
+    """Until ``connection``'s DAVE group is exactly ``users`` and ready; its privacy code."""
+    expected = {str(user) for user in users}
+    await _until(
+        lambda: connection.dave.ready and set(connection.dave.group_user_ids()) == expected
+    )
+    code = connection.dave.privacy_code
+    assert code is not None
+    return code
+
+
+async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact_under_dave(
+    start_voxgate, tmp_path, ids, tones
 ) -> None:
+    server = start_voxgate("--dave", "required")
     guild, channel = int(ids()), int(ids())
     bot_id, vox_id, js_id = int(ids()), int(ids()), int(ids())
     vox_file, vox_windows = tones(2.0, 21)
     js_file, _ = tones(2.0, 22)
     client, discord_guild, _ = await start_bot(
-        voxgate_server, guild, [channel], user_id=bot_id, members=[vox_id, js_id]
+        server, guild, [channel], user_id=bot_id, members=[vox_id, js_id]
     )
+    wire: dict[int, list[bytes]] = defaultdict(list)
     try:
         vc = await discord_guild.get_channel(channel).connect(
-            cls=partial(voxgate.discordpy.VoiceClient, ssl=trust(voxgate_server.ca_path))
+            cls=partial(voxgate.discordpy.VoiceClient, ssl=trust(server.ca_path))
         )
         assert isinstance(vc, voxgate.discordpy.VoiceClient)
         assert discord_guild.voice_client is vc and vc.is_connected()
+        assert vc.connection is not None
+        # What the relay handed the bot, before DAVE opened it.
+        vc.connection.add_listener(
+            lambda ssrc, header, payload: wire[ssrc].append(payload), opened=False
+        )
         opus = OpusRecorder()
         vc.listen(opus)
         wav_folder = tmp_path / "wav"
@@ -92,9 +111,16 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
                 heard_pcm[member.id] += len(pcm)
 
         counting = asyncio.create_task(count_pcm())
-        member = await _voxgate_member(voxgate_server, guild, channel, vox_id)
-        async with VoiceChannel(voxgate_server, tmp_path, str(guild), str(channel)) as drivers:
-            js = await drivers.start("js", "play", str(js_id), file=js_file, linger=1.0)
+        member = await _voxgate_member(server, guild, channel, vox_id)
+        await _in_group(vc.connection, bot_id, vox_id)
+        async with VoiceChannel(server, tmp_path, str(guild), str(channel)) as drivers:
+            # discord.js plays once the call is end-to-end encrypted for it.
+            js = await drivers.start(
+                "js", "play", str(js_id), file=js_file, linger=1.0, flags=["--e2ee"]
+            )
+            privacy_code = await _in_group(member, bot_id, vox_id, js_id)
+            await _in_group(vc.connection, bot_id, vox_id, js_id)
+            bot_code = vc.privacy_code
             await AudioPlayer(member, OggOpusSource(vox_file)).play()
             await drivers.finish()
         await member.close()
@@ -102,7 +128,9 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
         vc.stop_listening()
         # The WAV sink, on a second listen: one file per speaker, as heard.
         vc.listen(voxgate.discordpy.WaveSink(wav_folder))
-        member = await _voxgate_member(voxgate_server, guild, channel, vox_id)
+        member = await _voxgate_member(server, guild, channel, vox_id)
+        await _in_group(member, bot_id, vox_id)
+        await _in_group(vc.connection, bot_id, vox_id)
         await AudioPlayer(member, OggOpusSource(vox_file)).play()
         await member.close()
         await asyncio.sleep(0.3)
@@ -112,17 +140,27 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
     finally:
         await stop_bot(client)
     assert js.saw("played")
+    js_codes = {event["code"] for event in js.saw("privacy_code") if event["code"]}
     vox_sent, js_sent = ogg_packets(vox_file), ogg_packets(js_file)
     vox_heard, js_heard = _trimmed(opus.packets[vox_id]), _trimmed(opus.packets[js_id])
+    relayed = [frame for frames in wire.values() for frame in frames if frame != SILENCE]
     print(
-        f"\nrecording bot: {vox_id} (voxgate client) {len(vox_heard)}/{len(vox_sent)} packets,"
-        f" byte-exact: {vox_heard == vox_sent}; {js_id} (discord.js) {len(js_heard)}/"
-        f"{len(js_sent)} packets, byte-exact: {js_heard == js_sent}; lost: {opus.lost};"
-        f" privacy code: {vc.privacy_code}"
+        f"\nrecording bot under DAVE (privacy code {bot_code}):"
+        f"\n  {vox_id} (voxgate client): {len(vox_heard)}/{len(vox_sent)} packets,"
+        f" byte-exact after DAVE decryption: {vox_heard == vox_sent}"
+        f"\n  {js_id} (discord.js): {len(js_heard)}/{len(js_sent)} packets,"
+        f" byte-exact after DAVE decryption: {js_heard == js_sent}"
+        f"\n  relayed to the bot: {len(relayed)} frames, all DAVE frames:"
+        f" {all(is_dave_frame(frame) for frame in relayed)}; lost: {opus.lost}"
     )
     assert vox_heard == vox_sent
     assert js_heard == js_sent
     assert opus.lost == 0
+    # What came over the wire was DAVE ciphertext: the bot's own davey opened it.
+    assert len(relayed) >= len(vox_sent) + len(js_sent)
+    assert all(is_dave_frame(frame) for frame in relayed)
+    # One call, one privacy code, as every member shows it.
+    assert bot_code == privacy_code and privacy_code in js_codes
     assert heard_pcm[vox_id] >= len(vox_sent) * 3840
     # The WAV sink's file sounds like the file played.
     wav = wav_folder / f"{vox_id}.wav"
@@ -136,7 +174,7 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact(
     stopped = {member.id for (member,) in client.saw("voice_member_speaking_stop")}
     assert {vox_id, js_id} <= started
     assert {vox_id, js_id} <= stopped
-    assert guild not in {g.id for g in client.guilds if g.voice_client}
+    assert discord_guild.voice_client is None
 
 
 def _matching(sent: list[float], heard: list[float]) -> int:
@@ -161,9 +199,10 @@ async def _play(vc: voxgate.discordpy.VoiceClient, source: discord.AudioSource) 
     assert not vc.is_playing()
 
 
-async def test_bot_plays_ffmpeg_pcm_and_ffmpeg_opus_heard_by_discordjs(
-    voxgate_server, tmp_path, ids, tones
+async def test_bot_plays_ffmpeg_pcm_and_ffmpeg_opus_heard_by_discordjs_under_dave(
+    start_voxgate, tmp_path, ids, tones
 ) -> None:
+    voxgate_server = start_voxgate("--dave", "required")
     guild, channel = int(ids()), int(ids())
     bot_id, js_id = int(ids()), int(ids())
     pcm_file, pcm_windows = tones(2.0, 23)
@@ -176,6 +215,8 @@ async def test_bot_plays_ffmpeg_pcm_and_ffmpeg_opus_heard_by_discordjs(
             vc = await discord_guild.get_channel(channel).connect(
                 cls=partial(voxgate.discordpy.VoiceClient, ssl=trust(voxgate_server.ca_path))
             )
+            assert vc.connection is not None
+            await _in_group(vc.connection, bot_id, js_id)
             # A music bot's two usual sources, exactly as it makes them for discord.py.
             await _play(vc, discord.PCMVolumeTransformer(discord.FFmpegPCMAudio(str(pcm_file))))
             await _play(vc, discord.FFmpegOpusAudio(str(opus_file), codec="copy"))
@@ -200,9 +241,10 @@ async def test_bot_plays_ffmpeg_pcm_and_ffmpeg_opus_heard_by_discordjs(
     assert matched >= len(pcm_windows) - 2
 
 
-async def test_a_voice_recv_bot_records_after_its_one_line_switch(
-    voxgate_server, tmp_path, ids, tones, monkeypatch
+async def test_a_voice_recv_bot_records_after_its_one_line_switch_under_dave(
+    start_voxgate, tmp_path, ids, tones, monkeypatch
 ) -> None:
+    voxgate_server = start_voxgate("--dave", "required")
     original = (Path(__file__).parent / "bots" / "voice_recv_recorder.py").read_text()
     switched = original.replace(
         "from discord.ext import voice_recv\n", "from voxgate.discordpy import voice_recv\n"
@@ -238,6 +280,8 @@ async def test_a_voice_recv_bot_records_after_its_one_line_switch(
         )
         assert isinstance(discord_guild.voice_client, voxgate.discordpy.VoiceClient)
         member = await _voxgate_member(voxgate_server, guild, channel, vox_id)
+        privacy_code = await _in_group(member, bot_id, vox_id)
+        assert discord_guild.voice_client.privacy_code == privacy_code
         await AudioPlayer(member, OggOpusSource(file)).play()
         await asyncio.sleep(0.4)
         done.set()
@@ -251,7 +295,8 @@ async def test_a_voice_recv_bot_records_after_its_one_line_switch(
     start = next(index for index, value in enumerate(mono) if abs(value) > 64)
     matched = _matching(windows, dominant_tones(mono[start:]))
     print(
-        f"\nvoice-recv sink, unchanged, on voxgate: {len(pcm)} bytes of PCM from {vox_id},"
+        f"\nvoice-recv sink, unchanged, on voxgate under DAVE ({privacy_code}):"
+        f" {len(pcm)} bytes of PCM from {vox_id},"
         f" {matched}/{len(windows)} tone windows; spurts: {sink.spurts}"
     )
     assert matched >= len(windows) - 1

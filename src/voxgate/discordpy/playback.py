@@ -222,6 +222,7 @@ class Playback:
         self.player = AudioPlayer(uplink, self.frames)  # type: ignore[arg-type]
         self.after = after
         self.task: asyncio.Task[None] | None = None
+        self.finished = False
 
     @property
     def source(self) -> discord.AudioSource:
@@ -244,6 +245,7 @@ class Playback:
             self.frames.stop()
         if error is None and self.frames.error is not None:
             error = self.frames.error if isinstance(self.frames.error, Exception) else None
+        self.finished = True  # before after(): there, is_playing() is already False
         await asyncio.get_running_loop().run_in_executor(None, self._finish, error)
 
     def _finish(self, error: Exception | None) -> None:
@@ -268,7 +270,7 @@ class Playback:
         return not self.is_done() and self.player.state is PlayerState.PAUSED
 
     def is_done(self) -> bool:
-        return self.task is not None and self.task.done()
+        return self.finished
 
     def pause(self) -> None:
         self.player.pause()
