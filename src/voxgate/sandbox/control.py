@@ -281,4 +281,8 @@ def control_app(sandbox: Sandbox, control_key: str) -> web.Application:
     add("POST", "/v1/gateway/invalidate", gateway_invalidate)
     add("GET", "/v1/logs", logs)
     add("GET", "/v1/unhandled", unhandled)
+    # Simulated users' voice (join, speak, what they heard): sandbox/user_routes.py.
+    from voxgate.sandbox.user_routes import add_user_routes
+
+    add_user_routes(app, sandbox)
     return app

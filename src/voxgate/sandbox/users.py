@@ -104,11 +104,10 @@ class Heard:
 
     @property
     def audio(self) -> list[bytes]:
-        """The packets without the silence frames a sender ends each talk spurt with."""
-        packets = list(self.opus)
-        while packets and packets[-1] == SILENCE_FRAME:
-            packets.pop()
-        return packets
+        """The packets that carry sound: all but the 3-byte Opus silence frames, which
+        senders put after each talk spurt (five) and @discordjs/voice also sends for each
+        20 ms its stream had nothing ready (a "missed frame", under load)."""
+        return [packet for packet in self.opus if packet != SILENCE_FRAME]
 
     @property
     def duration(self) -> float:
