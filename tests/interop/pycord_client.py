@@ -286,6 +286,8 @@ def _record(voice: VoiceClient, out: Path) -> Any:
     emit("listening")
 
     def stop() -> None:
+        # py-cord's packet router thread calls stop_recording() again as it ends, which
+        # raises "You are not recording" on that thread: noise on stderr, nothing lost.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             if voice.is_recording():
@@ -303,10 +305,27 @@ async def _close(voice: VoiceClient, client: _Client) -> None:
     emit("closed")
 
 
+async def _dave_ready(voice: VoiceClient) -> None:
+    """On a DAVE call, wait until py-cord's group is ready before sending audio.
+
+    py-cord sends whatever it plays at once, unencrypted until its davey session is ready,
+    and members already in the group cannot open those first frames. A bot that cares
+    about its first second waits, as ``js/client.mjs`` does for @discordjs/voice.
+    """
+    state = voice._connection
+    if state.dave_protocol_version == 0:
+        return
+    async with asyncio.timeout(15):
+        while state.dave_session is None or not state.dave_session.ready:
+            await asyncio.sleep(0.01)
+    emit("dave_ready", protocol_version=state.dave_protocol_version)
+
+
 async def play(events: dict[str, Any], file: Path, out: Path | None, linger: float) -> None:
     awake = asyncio.create_task(_keep_the_loop_awake())
     voice, client = await _connect(events)
     stop_recording = _record(voice, out) if out else None
+    await _dave_ready(voice)
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     voice.play(OggOpusSource(file), after=lambda error: loop.call_soon_threadsafe(done.set))

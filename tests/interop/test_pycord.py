@@ -50,8 +50,8 @@ async def test_py_cord_plays_and_discord_py_and_discord_js_hear_it_byte_exact(
     closes_before = voxgate_server.log_count(DECODE_CLOSE)
     sender_id, dpy_id, js_id = ids(), ids(), ids()
     async with VoiceChannel(voxgate_server, tmp_path, ids(), ids()) as channel:
-        dpy = await channel.start("dpy", "receive", dpy_id, out=True, seconds=LEAD_S + 5)
-        js = await channel.start("js", "receive", js_id, out=True, seconds=LEAD_S + 5)
+        dpy = await channel.start("dpy", "receive", dpy_id, out=True, seconds=LEAD_S + 6)
+        js = await channel.start("js", "receive", js_id, out=True, seconds=LEAD_S + 6)
         await dpy.wait_for("listening")
         await js.wait_for("listening")
         sender = await channel.start("pycord", "play", sender_id, file=file)
@@ -76,7 +76,7 @@ async def test_py_cord_records_the_others_byte_exact_through_its_own_sink(
     sender_id, receiver_id = ids(), ids()
     async with VoiceChannel(voxgate_server, tmp_path, ids(), ids()) as channel:
         receiver = await channel.start(
-            "pycord", "receive", receiver_id, out=True, seconds=LEAD_S + 4
+            "pycord", "receive", receiver_id, out=True, seconds=LEAD_S + 5
         )
         await receiver.wait_for("listening")
         await channel.start(sender_kind, "play", sender_id, file=file)
@@ -87,6 +87,10 @@ async def test_py_cord_records_the_others_byte_exact_through_its_own_sink(
     assert 0 < len(heard) - len(sent) <= 5
     assert receiver.saw("voice_member_connect", user_id=sender_id)
     assert receiver.saw("voice_member_speaking_state_update", user_id=sender_id)
+    [ready], [received] = receiver.saw("ready"), receiver.saw("received")
+    if ready["dave"]:
+        # on a DAVE call every audio frame came end-to-end encrypted and py-cord opened it
+        assert received["opened"]["dave"] >= len(sent)
 
 
 @pytest.mark.parametrize(
