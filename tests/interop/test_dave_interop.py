@@ -17,6 +17,7 @@ open PR #62 does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 from typing import Any
 
@@ -44,6 +45,24 @@ def _received(driver: Driver, user: str) -> list[bytes]:
 
 def _without_silence(packets: list[bytes]) -> list[bytes]:
     return [packet for packet in packets if packet != SILENCE]
+
+
+def _span(heard: list[bytes], sent: list[bytes]) -> tuple[int, int, int]:
+    """Where ``heard`` sits in ``sent``: (first index, last index, packets missing between).
+
+    Asserts that ``heard`` is a subsequence of ``sent``: its packets intact and in order
+    (matched greedily, since a tone file repeats some packets byte for byte).
+    """
+    assert heard, "nothing heard"
+    where: list[int] = []
+    at = 0
+    for packet in heard:
+        while at < len(sent) and sent[at] != packet:
+            at += 1
+        assert at < len(sent), f"packet {len(where)} heard is not the next one sent"
+        where.append(at)
+        at += 1
+    return where[0], where[-1], where[-1] - where[0] + 1 - len(where)
 
 
 def _dave_report(driver: Driver) -> dict[str, Any]:
@@ -150,3 +169,95 @@ async def test_the_voxgate_client_is_heard_end_to_end_encrypted_by_both_third_pa
         assert counts["successes"] >= len(sent) and counts["passthroughs"] == 0, receiver.report()
     wire = tap.frames_of(speaker_id)
     assert len(wire) == len(sent) and all(is_dave_frame(frame) for frame in wire)
+
+
+class CodeWatch:
+    """Records a voxgate connection's DAVE state and privacy code each time they change."""
+
+    def __init__(self, connection: VoiceConnection) -> None:
+        self.connection = connection
+        self.states: list[DaveState] = []
+        self.codes: list[str | None] = []
+        self._task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            dave = self.connection.dave
+            if not self.states or self.states[-1] is not dave.state:
+                self.states.append(dave.state)
+            if not self.codes or self.codes[-1] != dave.privacy_code:
+                self.codes.append(dave.privacy_code)
+            await asyncio.sleep(0.01)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def _until_members(connection: VoiceConnection, users: set[str], timeout: float = 15.0):
+    """Until ``connection``'s group is exactly ``users``; returns the privacy code then."""
+    async with asyncio.timeout(timeout):
+        while set(connection.dave.group_user_ids()) != users or not connection.dave.ready:
+            await asyncio.sleep(0.01)
+    code = connection.dave.privacy_code
+    assert code is not None
+    return code
+
+
+def _codes(driver: Driver) -> set[str]:
+    return {event["code"] for event in driver.saw("privacy_code") if event["code"]}
+
+
+async def test_three_members_one_leaves_another_joins_audio_goes_on_codes_agree(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    file, _ = tones(8.0, 23)
+    sent = ogg_packets(file)
+    guild, channel, speaker_id, js_id, dpy_id, late_id = (ids() for _ in range(6))
+    speaker = await _join(voxgate_server, guild, channel, speaker_id)
+    watch = CodeWatch(speaker)
+    try:
+        async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as call:
+            js = await call.start("js", "receive", js_id, out=True, seconds=9)
+            dpy = await call.start("dpy", "receive", dpy_id, out=True, seconds=2.5)
+            first_code = await _until_members(speaker, {speaker_id, js_id, dpy_id})
+            player = AudioPlayer(speaker, OggOpusSource(file))
+            playing = player.start()
+            await dpy.finish()  # discord.py leaves mid-call...
+            left_code = await _until_members(speaker, {speaker_id, js_id})
+            late = await call.start("js", "receive", late_id, out=True, seconds=6)
+            # ...and another discord.js joins mid-call.
+            last_code = await _until_members(speaker, {speaker_id, js_id, late_id})
+            await playing
+            assert not playing.exception()
+            await call.finish()
+    finally:
+        watch.stop()
+        await speaker.close()
+    assert len({first_code, left_code, last_code}) == 3  # a new code per membership
+    # Every client showed the same privacy code as the voxgate client for its groups.
+    assert first_code in _codes(js) and first_code in _codes(dpy)
+    assert left_code in _codes(js)
+    assert last_code in _codes(js) and last_code in _codes(late)
+    # The audio went on through both changes: the member there all along heard it all, in
+    # order and intact, but for a frame or two at each change (davey senders switch to the
+    # new epoch's key as soon as they processed the commit, and a receiver that processes
+    # it a moment later cannot open those frames: it drops them, counted)...
+    heard = _without_silence(_received(js, speaker_id))
+    assert _span(heard, sent)[:2] == (0, len(sent) - 1), js.report()
+    assert _span(heard, sent)[2] <= 4, js.report()
+    # ...the one that left heard the start, the one that joined the rest.
+    early = _without_silence(_received(dpy, speaker_id))
+    assert _span(early, sent)[0] < 25 and _span(early, sent)[2] <= 2, dpy.report()
+    tail = _without_silence(_received(late, speaker_id))
+    # @discordjs/voice hands the application DAVE frames as they came while it is not in
+    # the group yet (DAVESession.decrypt returns the packet when it cannot decrypt): only
+    # at the start, before its Welcome.
+    raw = sum(1 for _ in itertools.takewhile(is_dave_frame, tail))
+    assert not any(is_dave_frame(packet) for packet in tail[raw:])
+    tail = tail[raw:]
+    assert _span(tail, sent)[1] == len(sent) - 1 and _span(tail, sent)[2] <= 2, late.report()
+    for receiver in (js, dpy, late):
+        counts = _dave_report(receiver)["decryption"][speaker_id]
+        assert counts["successes"] > 0 and counts["passthroughs"] == 0, receiver.report()
+    assert speaker.dave.frames_encrypted == len(sent)
+    assert DaveState.ACTIVE in watch.states
