@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.protocol.client_forms import FORMS, Form, Values
-from voxgate.protocol import CloseCode, MessageDecodeError
+from voxgate.protocol import CloseCode, MessageDecodeError, messages
 from voxgate.protocol.messages import Speaking, decode_client_frame, encode
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,9 +89,15 @@ def test_a_field_the_server_needs_still_closes_4002_naming_it(frame: str, field:
     assert field in info.value.reason
 
 
-def test_no_struct_a_client_sends_forbids_unknown_fields() -> None:
-    for form in FORMS:
-        assert not form.kind.__struct_config__.forbid_unknown_fields, form.kind.__name__
+def test_no_struct_of_the_decoder_forbids_unknown_fields() -> None:
+    structs = [
+        value
+        for value in vars(messages).values()
+        if isinstance(value, type) and issubclass(value, msgspec.Struct)
+    ]
+    assert messages.SelectProtocolData in structs and messages._Envelope in structs
+    for struct in structs:
+        assert not struct.__struct_config__.forbid_unknown_fields, struct.__name__
 
 
 # --- properties ------------------------------------------------------------------------
