@@ -425,10 +425,7 @@ class DaveGroup:
         in_group = self._group_members()
         if len(in_group) >= 2:
             # WP:238-250: remaining members commit the Remove (and any Adds of the epoch).
-            remove = self.external_sender.propose_remove(self.group_id, self.epoch, leaf)
-            self.proposals.append(remove)
-            for other in in_group:
-                self._send(other, _append([remove]))
+            self._propose(self.external_sender.propose_remove(self.group_id, self.epoch, leaf))
         else:
             self._reset_group(in_group, now)
 
@@ -533,9 +530,28 @@ class DaveGroup:
             self._propose_pending(member, already=pending)
         else:
             member.add = self.external_sender.propose_add(self.group_id, self.epoch, key_package)
-            self.proposals.append(member.add)
-            for other in self._group_members():
-                self._send(other, _append([member.add]))
+            self._propose(member.add)
+
+    def _propose(self, proposal: mls.Proposal) -> None:
+        """Add ``proposal`` to the established group's epoch and send it to its members."""
+        adds = [p for p in self.proposals if p.kind == "add"]
+        self.proposals.append(proposal)
+        if proposal.kind == "add" or not adds:
+            for member in self._group_members():
+                self._send(member, _append([proposal]))
+            return
+        # davey 0.1.7 returns a Welcome only when the op 27 it processes appends an Add: a
+        # Remove after a pending Add comes back as a commit that adds without welcoming
+        # (rejected, and the joiner would wait forever). So the Adds are taken back and
+        # sent again with the Remove, in one op 27 (libdave answers the revoke with an
+        # empty commit, dropped as usual).
+        revoke = MlsProposals(
+            operation_type=REVOKE, proposals=mls.proposals_revoke([p.ref for p in adds])
+        )
+        append = _append([*adds, proposal])
+        for member in self._group_members():
+            self._send(member, revoke)
+            self._send(member, append)
 
     def _propose_pending(self, member: Member, already: list[Member]) -> None:
         """``member`` joins the pending members ``already`` there (DAVE.md §4.2 step 3):
