@@ -19,7 +19,9 @@ from voxgate.client import MembersConnected
 from voxgate.protocol.rtp import SILENCE_FRAME
 from voxgate.testing import BotProcess, SandboxFixture
 
-pytestmark = pytest.mark.interop
+# discord-ext-voice-recv cannot decrypt DAVE, so bots that receive do so without it (the
+# issue's rule until voxgate's discord.py backend lands); test_bots_dave.py runs them with it.
+pytestmark = [pytest.mark.interop, pytest.mark.voxgate_sandbox(dave="off")]
 
 BOTS = Path(__file__).parent / "bots"
 LIBRARIES = [

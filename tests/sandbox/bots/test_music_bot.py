@@ -8,6 +8,7 @@ HERE = Path(__file__).parent
 SONG = HERE / "song.ogg"
 
 
+@pytest.mark.voxgate_sandbox(dave="off")  # discord-ext-voice-recv cannot decrypt DAVE
 @pytest.mark.parametrize("bot_file", ["music_bot.py", "music_bot.js"])
 async def test_the_bot_plays_a_song_and_hears_alice(voxgate_sandbox, tmp_path, bot_file):
     bot = await voxgate_sandbox.run_bot(HERE / bot_file, env={"RECORDINGS": str(tmp_path)})
