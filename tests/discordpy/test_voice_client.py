@@ -301,3 +301,42 @@ async def test_a_voice_recv_bot_records_after_its_one_line_switch_under_dave(
     )
     assert matched >= len(windows) - 1
     assert ("start", vox_id) in sink.spurts and ("stop", vox_id) in sink.spurts
+
+
+async def test_discord_py_playing_api_and_heartbeat_latency(start_voxgate, ids, tones) -> None:
+    server = start_voxgate("--heartbeat-interval", "200")
+    guild, channel, bot_id = int(ids()), int(ids()), int(ids())
+    file, _ = tones(3.0, 26)
+    client, discord_guild, _ = await start_bot(server, guild, [channel], user_id=bot_id)
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[Exception | None] = loop.create_future()
+    try:
+        vc = await discord_guild.get_channel(channel).connect(
+            cls=partial(voxgate.discordpy.VoiceClient, ssl=trust(server.ca_path))
+        )
+        with pytest.raises(TypeError):
+            vc.play(b"not a source")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            vc.play(discord.FFmpegOpusAudio(str(file), codec="copy"), bandwidth="huge")
+        vc.play(
+            discord.FFmpegOpusAudio(str(file), codec="copy"),
+            after=lambda error: loop.call_soon_threadsafe(ended.set_result, error),
+        )
+        with pytest.raises(discord.ClientException, match="Already playing"):
+            vc.play(discord.FFmpegOpusAudio(str(file), codec="copy"))
+        await asyncio.sleep(0.3)
+        vc.pause()
+        await _until(lambda: vc.is_paused() and not vc.is_playing())
+        vc.resume()
+        assert vc.is_playing() and not vc.is_paused()
+        assert isinstance(vc.source, discord.FFmpegOpusAudio)
+        vc.stop()
+        assert await asyncio.wait_for(ended, 10) is None
+        assert not vc.is_playing()
+        await _until(lambda: vc.latency != float("inf"))
+        assert 0 < vc.latency < 5 and 0 < vc.average_latency < 5
+        await vc.disconnect()
+        with pytest.raises(discord.ClientException, match="Not connected"):
+            vc.play(discord.FFmpegOpusAudio(str(file), codec="copy"))
+    finally:
+        await stop_bot(client)
