@@ -463,3 +463,19 @@ async def test_two_bots_in_voice_see_each_other(sandbox: Sandbox, dpy_bots: DpyB
     assert [member.id for member in seen.members] == [first.client.user.id]
     await voice.disconnect()
     await asyncio.sleep(0)
+
+
+async def test_a_new_user_is_a_guild_member_add_for_the_members_intent(
+    sandbox: Sandbox, raw_gateways: RawGateways
+) -> None:
+    members = await raw_gateways()
+    await members.identify(token(sandbox, 0), GUILDS | GUILD_MEMBERS)
+    plain = await raw_gateways()
+    await plain.identify(token(sandbox, 1), GUILDS | GUILD_MESSAGES)
+    alice = sandbox.create_user("alice")
+    added = (await members.dispatch("GUILD_MEMBER_ADD"))["d"]
+    assert added["user"]["id"] == str(alice.id) and added["guild_id"] == sandbox.info["guild_id"]
+    await sandbox.send_message(alice.id, sandbox.text_channel_id, "hi")
+    # Everything dispatched to it before the message has arrived: no member add among it.
+    await plain.dispatch("MESSAGE_CREATE")
+    assert not [d for d in plain.dispatches if d["t"] == "GUILD_MEMBER_ADD"]

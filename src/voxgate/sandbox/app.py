@@ -105,7 +105,7 @@ def _write_ca_bundle(ca: Path, bundle: Path) -> None:
             break
     else:
         try:
-            import certifi
+            import certifi  # type: ignore[import-not-found,unused-ignore]
 
             parts.append(Path(certifi.where()).read_text())
         except ImportError:
@@ -125,8 +125,26 @@ def _write_atomically(path: Path, text: str) -> None:
 class Sandbox:
     """A running sandbox. Make one with :meth:`start`; end it with :meth:`stop`."""
 
-    def __init__(self) -> None:
-        raise TypeError("use `await Sandbox.start(data_dir)`")
+    # Set by :meth:`start`, before anything can reach them.
+    model: SandboxModel
+    gateway: Gateway
+    authority: TokenAuthority
+    ca: Path
+    ca_bundle: Path
+
+    def __init__(self, data_dir: Path, *, host: str, dave: str) -> None:
+        """Not started yet: :meth:`start` makes and starts one."""
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.host = host
+        self.dave = dave
+        self._logs = _LogBuffer()
+        self._logger_level = logging.NOTSET
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runners: list[web.AppRunner] = []
+        self._unhandled: list[str] = []
+        self.node: VoiceNode | None = None
+        self.info: dict[str, Any] = {}
 
     @classmethod
     async def start(
@@ -150,18 +168,9 @@ class Sandbox:
         """
         if dave not in DAVE_POLICIES:
             raise ValueError(f"dave must be one of {', '.join(DAVE_POLICIES)}, not {dave!r}")
-        self = object.__new__(cls)
-        self.data_dir = Path(data_dir).expanduser().absolute()
+        self = cls(data_dir, host=host, dave=dave)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.host = host
-        self.dave = dave
-        self._logs = _LogBuffer()
         self._attach_logs()
-        self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._runners: list[web.AppRunner] = []
-        self._unhandled: list[str] = []
-        self.node: VoiceNode | None = None
         try:
             await self._start(
                 port, control_port, bots, allow_privileged, heartbeat_interval_ms, resume_grace_s
@@ -235,7 +244,7 @@ class Sandbox:
 
         policy = getattr(server_config, "DavePolicy", None)
         if policy is not None and "dave" in {f.name for f in dataclasses.fields(ServerConfig)}:
-            return dataclasses.replace(config, dave=policy(self.dave))  # type: ignore[call-arg]
+            return dataclasses.replace(config, dave=policy(self.dave))
         if self.dave != "off":
             log.warning("this voice node does not speak DAVE: --dave %s served as off", self.dave)
         return config
@@ -356,6 +365,13 @@ class Sandbox:
         """A simulated human user, a member of every guild."""
         user = self.model.create_user(name)
         log.info("user %s (%d) created", user.username, user.id)
+        for guild in self.model.guilds_of(user.id):
+            self.gateway.dispatch_guild(
+                guild.id,
+                "GUILD_MEMBER_ADD",
+                {**self.model.member_payload(guild.id, user.id), "guild_id": str(guild.id)},
+                Intent.GUILD_MEMBERS,
+            )
         self.notify()
         return user
 

@@ -100,7 +100,7 @@ async def _message_body(request: web.Request) -> tuple[Payload, list[Payload]]:
             raise ModelError(400, 50109, "payload_json must be a JSON object.")
         attachments = []
         for key, value in form.items():
-            if key.startswith("files[") and hasattr(value, "filename"):
+            if key.startswith("files[") and isinstance(value, web.FileField):
                 data = value.file.read()
                 attachments.append(
                     {
@@ -251,7 +251,7 @@ class RestApi:
         retry_after = self._rate_limited(who if bot else f"ip:{request.remote}")
         if retry_after is not None:
             log.warning("REST %s %s from %s: rate limited", request.method, request.path, who)
-            response = json_response(
+            limited = json_response(
                 {
                     "message": "You are being rate limited.",
                     "retry_after": round(retry_after, 3),
@@ -260,10 +260,11 @@ class RestApi:
                 },
                 429,
             )
-            response.headers["Retry-After"] = f"{retry_after:.3f}"
-            response.headers["X-RateLimit-Global"] = "true"
-            response.headers["X-RateLimit-Scope"] = "global"
-            return response
+            limited.headers["Retry-After"] = f"{retry_after:.3f}"
+            limited.headers["X-RateLimit-Global"] = "true"
+            limited.headers["X-RateLimit-Scope"] = "global"
+            return limited
+        response: web.StreamResponse
         try:
             response = await handler(request)
         except ModelError as exc:
