@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -261,3 +262,82 @@ async def test_three_members_one_leaves_another_joins_audio_goes_on_codes_agree(
         assert counts["successes"] > 0 and counts["passthroughs"] == 0, receiver.report()
     assert speaker.dave.frames_encrypted == len(sent)
     assert DaveState.ACTIVE in watch.states
+
+
+def _after(packets: list[bytes], predicate: Callable[[bytes], bool]) -> list[bool]:
+    """Each non-silent packet's ``predicate``, in arrival order."""
+    return [predicate(packet) for packet in packets if packet != SILENCE]
+
+
+def _runs(flags: list[bool]) -> list[bool]:
+    """``flags`` with repeats collapsed: [True, True, False, True] -> [True, False, True]."""
+    return [flag for index, flag in enumerate(flags) if index == 0 or flags[index - 1] != flag]
+
+
+async def test_a_client_without_dave_downgrades_the_call_and_its_leaving_upgrades_it(
+    voxgate_server, tmp_path, ids, tones
+) -> None:
+    speaker_file, plain_file = tones(7.0, 24)[0], tones(1.5, 25)[0]
+    speaker_sent, plain_sent = ogg_packets(speaker_file), ogg_packets(plain_file)
+    guild, channel, speaker_id, js_id, tap_id, plain_id = (ids() for _ in range(6))
+    speaker = await _join(voxgate_server, guild, channel, speaker_id)
+    speaker_heard = AudioReceiver(speaker, decode=False)
+    watch = CodeWatch(speaker)
+    tap_connection = await _join(voxgate_server, guild, channel, tap_id)
+    tap = WireTap(tap_connection)
+    tap_heard = AudioReceiver(tap_connection, decode=False)
+    try:
+        async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as call:
+            js = await call.start("js", "receive", js_id, out=True, seconds=10)
+            before = await _until_members(speaker, {speaker_id, tap_id, js_id})
+            playing = AudioPlayer(speaker, OggOpusSource(speaker_file)).start()
+            await asyncio.sleep(1.5)
+            # A member without DAVE joins: the call is downgraded to transport encryption.
+            plain = await _join(voxgate_server, guild, channel, plain_id, dave=False)
+            plain_tap = WireTap(plain)
+            plain_heard = AudioReceiver(plain, decode=False)
+            async with asyncio.timeout(10):
+                while speaker.dave.state is not DaveState.INACTIVE:
+                    await asyncio.sleep(0.01)
+            assert speaker.dave.downgraded and speaker.dave.privacy_code is None
+            await AudioPlayer(plain, OggOpusSource(plain_file)).play()
+            await asyncio.sleep(0.3)
+            plain_heard.close()
+            await plain.close()
+            # It left: the call is upgraded again, a new group with a new privacy code.
+            after = await _until_members(speaker, {speaker_id, tap_id, js_id})
+            await playing
+            await call.finish()
+    finally:
+        watch.stop()
+        speaker_heard.close()
+        tap_heard.close()
+        await tap_connection.close()
+        await speaker.close()
+    downgraded_at = watch.states.index(DaveState.INACTIVE, watch.states.index(DaveState.ACTIVE))
+    assert DaveState.ACTIVE in watch.states[downgraded_at:]
+    assert before != after and not speaker.dave.downgraded
+    assert after in _codes(js)
+    # What the speaker put on the wire: DAVE frames, plain Opus while downgraded, DAVE again.
+    assert _runs(_after(tap.payloads[speaker_id], is_dave_frame)) == [True, False, True]
+    # The member without DAVE never got a DAVE frame, and heard the speaker in the clear.
+    assert not any(
+        is_dave_frame(p) for user in plain_tap.payloads for p in plain_tap.payloads[user]
+    )
+    heard = _without_silence(plain_heard.opus_of(speaker_id))
+    assert len(heard) > 50 and _span(heard, speaker_sent)[2] <= 2
+    # Everyone heard the member without DAVE, byte for byte...
+    for name, packets in (
+        ("js", _received(js, plain_id)),
+        ("speaker", speaker_heard.opus_of(plain_id)),
+        ("tap", tap_heard.opus_of(plain_id)),
+    ):
+        assert _without_silence(packets) == plain_sent, name
+    # ...and the speaker from start to end, through the downgrade and the upgrade.
+    for name, packets in (
+        ("js", _received(js, speaker_id)),
+        ("tap", tap_heard.opus_of(speaker_id)),
+    ):
+        first, last, missing = _span(_without_silence(packets), speaker_sent)
+        assert (first, last) == (0, len(speaker_sent) - 1) and missing <= 6, (name, missing)
+    assert tap_connection.dave.frames_dropped_unencrypted == 0

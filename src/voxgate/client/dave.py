@@ -346,6 +346,12 @@ class DaveMember:
                 return None
             self.frames_plain += 1
             return payload
+        if not dave_frame and (self.downgraded or 0 in self.pending_transitions.values()):
+            # A downgrade is prepared (members switch to plain one by one), or the upgrade
+            # after one has not executed yet: plain frames are expected, from members and
+            # from the one without DAVE, which has no decryptor to pass them through.
+            self.frames_passed_through += 1
+            return payload
         if user_id is None:
             if dave_frame:
                 self.frames_dropped_undecryptable += 1
