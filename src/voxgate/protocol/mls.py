@@ -666,9 +666,15 @@ def proposal_ref_of(message: bytes) -> bytes:
 class ExternalSender:
     """The gateway's MLS external sender: one P-256 key per node (DAVE.md §3.1-§3.2).
 
-    >>> sender = ExternalSender()
-    >>> op25 = sender.package()
-    >>> add = sender.propose_add(group_id_of(channel_id), 0, key_package)
+    Its proposals are signed over a FramedContentTBS without GroupContext, so one Add
+    fits every pending group of a channel at epoch 0::
+
+        sender = ExternalSender()
+        op25 = sender.package()
+        kp = parse_key_package(op26)
+        verify_key_package(kp, user_id)
+        add = sender.propose_add(group_id_of(channel_id), epoch, kp)
+        op27 = b"\x00" + proposals_append([add])      # later: b"\x01" + proposals_revoke([add.ref])
     """
 
     def __init__(
