@@ -1,12 +1,15 @@
-"""The Discord voice protocol, pure: gateway messages, RTP, transport crypto, IP discovery.
+"""The Discord voice protocol, pure: gateway messages, RTP, transport crypto, IP discovery,
+and DAVE's MLS pieces (:mod:`.mls`) and media frame (:mod:`.dave`).
 
 Nothing here opens a socket or touches asyncio; the server and the client are two users
 of the same codecs.
 """
 
 from voxgate.protocol.errors import (
+    DaveFrameError,
     DecryptionError,
     MessageDecodeError,
+    MlsError,
     PacketError,
     ProtocolError,
 )
@@ -14,9 +17,11 @@ from voxgate.protocol.opcodes import CloseCode, EncryptionMode, Op, SpeakingFlag
 
 __all__ = [
     "CloseCode",
+    "DaveFrameError",
     "DecryptionError",
     "EncryptionMode",
     "MessageDecodeError",
+    "MlsError",
     "Op",
     "PacketError",
     "ProtocolError",
