@@ -8,6 +8,8 @@ import wave
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.audio import dominant_tones, ogg_packets
 from voxgate.client import MemberDisconnected, MembersConnected
 from voxgate.protocol.rtp import SILENCE_FRAME
@@ -15,9 +17,19 @@ from voxgate.testing import SandboxFixture
 
 Tones = Callable[[float, int], tuple[Path, list[float]]]
 
+# Each test with and without end-to-end encryption (DAVE): users are voxgate clients, which
+# speak it, and join() and play() wait for it to settle, so every frame arrives whole.
+pytestmark = pytest.mark.parametrize(
+    "dave",
+    [
+        pytest.param(policy, marks=pytest.mark.voxgate_sandbox(dave=policy), id=f"dave-{policy}")
+        for policy in ("off", "required")
+    ],
+)
+
 
 async def test_a_user_hears_another_byte_exact_with_a_speaking_timeline(
-    voxgate_sandbox: SandboxFixture, tmp_path: Path, tones: Tones
+    voxgate_sandbox: SandboxFixture, tmp_path: Path, tones: Tones, dave: str
 ) -> None:
     alice, bob = voxgate_sandbox.user("alice"), voxgate_sandbox.user("bob")
     await bob.join()
@@ -29,6 +41,8 @@ async def test_a_user_hears_another_byte_exact_with_a_speaking_timeline(
     assert heard.audio == ogg_packets(song)
     assert heard.opus[len(heard.audio) :] == [SILENCE_FRAME] * (len(heard) - len(heard.audio))
     assert bob.speakers() == [alice.user_id]
+    assert alice.connection is not None and bob.connection is not None
+    assert alice.connection.dave.ready is bob.connection.dave.ready is (dave == "required")
 
     # Speaking went on before the audio and off after it; the packets came in one burst.
     flags = [change.flags for change in bob.timeline(alice)]
@@ -47,7 +61,7 @@ async def test_a_user_hears_another_byte_exact_with_a_speaking_timeline(
     assert sum(a == b for a, b in zip(tones_heard, windows, strict=False)) >= len(windows) - 2
 
 
-async def test_a_user_speaks_a_tone(voxgate_sandbox: SandboxFixture) -> None:
+async def test_a_user_speaks_a_tone(voxgate_sandbox: SandboxFixture, dave: str) -> None:
     alice, bob = voxgate_sandbox.user("alice"), voxgate_sandbox.user("bob")
     await bob.join()
     await alice.join()
@@ -58,7 +72,9 @@ async def test_a_user_speaks_a_tone(voxgate_sandbox: SandboxFixture) -> None:
     assert set(dominant_tones(mono[:48_000])) == {770.0}
 
 
-async def test_users_move_and_leave(voxgate_sandbox: SandboxFixture, tones: Tones) -> None:
+async def test_users_move_and_leave(
+    voxgate_sandbox: SandboxFixture, tones: Tones, dave: str
+) -> None:
     sandbox = voxgate_sandbox
     other = sandbox.create_voice_channel(sandbox.guild_id, "other")
     alice, bob = sandbox.user("alice"), sandbox.user("bob")

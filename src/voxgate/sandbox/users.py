@@ -42,6 +42,7 @@ from voxgate.client import (
     VoiceEvent,
     open_source,
 )
+from voxgate.client.dave import DaveState
 from voxgate.client.receiver import write_wav
 from voxgate.errors import VoxgateError
 from voxgate.protocol.rtp import SILENCE_FRAME
@@ -215,6 +216,7 @@ class SimulatedUser:
         connection = await VoiceConnection.connect(
             voice_state, voice_server, ssl=self._trust(), timeout=timeout
         )
+        await self._dave_settled(connection, timeout)
         capture = _Capture(connection, AudioReceiver(connection))
         connection.add_listener(
             lambda ssrc, header, payload: self._on_packet(capture, ssrc, header, payload)
@@ -223,6 +225,33 @@ class SimulatedUser:
         self._watchers.append(asyncio.create_task(self._watch(connection)))
         self.connection, self.channel_id = connection, channel
         return connection
+
+    async def _dave_settled(self, connection: VoiceConnection, timeout: float = 10.0) -> None:
+        """Wait until this user's end-to-end encryption is in a steady state: in the group
+        with every member the server named, no transition pending (or no DAVE at all).
+
+        Discord's clients do not wait; a test harness does, so that what a user says right
+        after joining (or right after someone else joined) reaches everyone whole instead
+        of partly during a transition, which DAVE lets receivers drop."""
+        dave = connection.dave
+        deadline = time.monotonic() + timeout
+        while True:
+            state = dave.state
+            others = dave.connected_users - {self.user_id}
+            if state in (DaveState.DISABLED, DaveState.INACTIVE):
+                settled = True
+            elif state is DaveState.PENDING:
+                settled = not others  # alone in the call: nobody to encrypt for yet
+            else:
+                settled = state is DaveState.ACTIVE and others <= set(dave.group_user_ids())
+            if settled and not dave.pending_transitions:
+                return
+            if time.monotonic() > deadline or connection.closed.is_set():
+                raise SimulatedUserError(
+                    f"{self.name}'s end-to-end encryption did not settle in {timeout:g} s: "
+                    f"{state.value}, group {dave.group_user_ids()}, others {sorted(others)}"
+                )
+            await asyncio.sleep(0.01)
 
     async def move(self, channel_id: str | int) -> VoiceConnection:
         """Move to another voice channel (what dragging yourself there does)."""
@@ -264,6 +293,7 @@ class SimulatedUser:
         iterable of 20 ms Opus frames, paced in real time; returns the frames sent (the
         trailing five silence frames not counted)."""
         connection = self._connected()
+        await self._dave_settled(connection)
         frames = open_source(source) if isinstance(source, str | Path) else source
         player = AudioPlayer(connection, frames)
         await player.play()
