@@ -174,6 +174,9 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact_un
     stopped = {member.id for (member,) in client.saw("voice_member_speaking_stop")}
     assert {vox_id, js_id} <= started
     assert {vox_id, js_id} <= stopped
+    # And the server's Speaking (op 5), as voice-recv dispatches it.
+    states = {(member.id, state) for member, _, state in client.saw("voice_member_speaking_state")}
+    assert (vox_id, discord.SpeakingState.voice) in states
     assert discord_guild.voice_client is None
 
 

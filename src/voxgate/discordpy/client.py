@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import discord
+from discord.enums import try_enum
 
 from voxgate.client import (
     ConnectionClosed,
@@ -341,7 +342,7 @@ class VoiceClient(discord.VoiceProtocol):
                         "voice_member_speaking_state",
                         self._member(event.user_id),
                         event.ssrc,
-                        discord.SpeakingState.try_value(event.flags),
+                        try_enum(discord.SpeakingState, event.flags),
                     )
                 case MembersConnected():
                     for user_id in event.user_ids:

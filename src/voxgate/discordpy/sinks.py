@@ -161,7 +161,7 @@ class AudioSink(metaclass=_SinkMeta):
             actual = function.__func__ if isinstance(function, staticmethod) else function
             names = actual.__dict__.setdefault("__sink_listener_names__", [])
             names.append(name or actual.__name__)
-            actual.__sink_listener__ = True
+            setattr(actual, "__sink_listener__", True)  # noqa: B010 - a function attribute
             return function
 
         return mark

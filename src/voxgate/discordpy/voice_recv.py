@@ -15,4 +15,4 @@ Requires discord-ext-voice-recv itself (the bot has it already).
 from discord.ext.voice_recv import *  # noqa: F403 - the package's whole public surface
 from discord.ext.voice_recv import extras, rtp  # noqa: F401 - submodules it re-exports
 
-from voxgate.discordpy.client import VoiceClient as VoiceRecvClient  # noqa: F401
+from voxgate.discordpy.client import VoiceClient as VoiceRecvClient  # type: ignore[assignment]  # noqa: F401
