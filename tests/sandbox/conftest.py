@@ -21,7 +21,7 @@ from voxgate.sandbox.app import Sandbox
 
 @pytest.fixture
 async def sandbox(tmp_path: Path) -> AsyncIterator[Sandbox]:
-    """A sandbox on free ports with two bots, dave off, a data dir of the test's own."""
+    """A sandbox on free ports with two bots, the default DAVE policy, its own data dir."""
     running = await Sandbox.start(tmp_path / "sandbox", heartbeat_interval_ms=5000)
     try:
         yield running

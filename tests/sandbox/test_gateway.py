@@ -48,6 +48,10 @@ async def test_discord_py_logs_in_sees_the_guild_and_joins_voice(
     assert state is not None and state.channel_id == sandbox.voice_channel_id
     # The node holds the bot's voice session, minted for its gateway session.
     assert sandbox._voice_connected(state.session_id, sandbox.voice_channel_id)
+    # By default the call is end-to-end encrypted, as on Discord.
+    assert sandbox.info["dave"] == "required" and sandbox.node is not None
+    assert sandbox.node.config.dave == "required"
+    assert voice._connection.dave_protocol_version == 1
 
     await voice.disconnect()
     await sandbox.wait_for(

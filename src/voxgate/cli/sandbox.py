@@ -76,7 +76,9 @@ def sandbox(
         2, help="Bot accounts made (0-50), the same ids and tokens every run."
     ),
     dave: str = typer.Option(
-        "off", help="DAVE policy of the voice node: off, preferred or required."
+        "required",
+        help="DAVE (end-to-end encryption) policy of the voice node: required (as on Discord), "
+        "preferred or off.",
     ),
     privileged_intents: bool = typer.Option(
         True,

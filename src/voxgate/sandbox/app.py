@@ -58,8 +58,8 @@ log = logging.getLogger(__name__)
 SEED_FILE = "sandbox_seed"
 INFO_FILE = "sandbox.json"
 DAVE_POLICIES = ("off", "preferred", "required")
-#: The sandbox's default until the voice node speaks DAVE (issue 11 §5).
-DEFAULT_DAVE = "off"
+#: As Discord does since March 2026 (issue 11 §5): the voice node speaks DAVE (issue 10).
+DEFAULT_DAVE = "required"
 #: Log lines kept for :meth:`Sandbox.logs`.
 LOG_LINES = 5000
 #: How long a voice-server failover leaves the endpoint null before the new one.
