@@ -34,7 +34,9 @@ from voxgate.bench.redis_server import RedisServer
 from voxgate.server.placement import HEARTBEAT_S
 
 #: Commands a node sends itself (the rest of commandstats ran inside its scripts).
-SENT = ("evalsha", "eval", "script|load", "script", "ping", "del", "smembers")
+SENT = ("evalsha", "eval", "script|load", "script|exists", "ping", "hello")
+#: The bench's own questions to Redis, counted out.
+OWN = ("info",)
 
 
 @dataclass
@@ -97,15 +99,23 @@ def start_cluster(
 
 
 def commandstats(port: int) -> dict[str, int]:
-    """``INFO commandstats`` of the Redis on ``port``: calls by command."""
+    """``INFO commandstats`` of the Redis on ``port``: calls by command, and the CPU time
+    Redis has used (µs) as ``cpu_us``."""
     import redis
 
     client = redis.Redis(port=port)
     try:
         raw = client.info("commandstats")
+        cpu = client.info("cpu")
     finally:
         client.close()
-    return {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in raw.items()}
+    calls = {name.removeprefix("cmdstat_"): int(stats["calls"]) for name, stats in raw.items()}
+    calls["cpu_us"] = int((cpu["used_cpu_user"] + cpu["used_cpu_sys"]) * 1e6)
+    # Time spent executing what the nodes sent (a script's usec includes what it ran).
+    calls["exec_us"] = sum(
+        int(stats["usec"]) for name, stats in raw.items() if name.removeprefix("cmdstat_") in SENT
+    )
+    return calls
 
 
 def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -113,8 +123,10 @@ def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 
 def _split(delta: dict[str, int]) -> tuple[int, int]:
+    """(calls sent by the nodes, commands Redis ran for them)."""
     sent = sum(count for name, count in delta.items() if name in SENT)
-    return sent, sum(delta.values())
+    ran = sum(count for name, count in delta.items() if name not in (*OWN, "cpu_us", "exec_us"))
+    return sent, ran
 
 
 def _join(node: BenchNode, key: str, guild: str, channel: str, user: str) -> dict[str, Any]:
@@ -153,9 +165,40 @@ async def _joins(
     return time.perf_counter() - started, latencies, landed
 
 
+def asdict_step(step: Any) -> dict[str, Any]:
+    keep = ("channels", "members", "offered_pps", "forwarded_pps", "loss", "latency_p50_ms",
+            "latency_p99_ms", "server_cpu", "cpu_ms_per_1000", "generator")  # fmt: skip
+    return {name: getattr(step, name) for name in keep}
+
+
 def _ms(samples: list[float], fraction: float) -> float:
     ordered = sorted(samples)
     return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 2)
+
+
+async def _idle(
+    port: int, nodes: int, seconds: float, baseline_us_per_s: float
+) -> tuple[float, float, float, dict[str, int]]:
+    """Redis calls, commands and CPU µs per heartbeat while only heartbeats happen (the
+    CPU Redis spends on itself, ``baseline_us_per_s``, taken out)."""
+    before = commandstats(port)
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    delta = _delta(before, commandstats(port))
+    elapsed = time.perf_counter() - started
+    beats = nodes * elapsed / HEARTBEAT_S
+    sent, total = _split(delta)
+    cpu = delta.get("cpu_us", 0) - baseline_us_per_s * elapsed
+    delta["exec_us_per_beat"] = round(delta.get("exec_us", 0) / beats)
+    return sent / beats, total / beats, max(cpu, 0.0) / beats, delta
+
+
+async def relay_on(node: BenchNode, channels: int, seconds: float, loadgen: Path | None) -> Any:
+    """One fixed load (``channels`` x 10 members, two speakers each) on ``node``."""
+    from voxgate.bench.relay import AES, VoxgateRelay, measure
+
+    relay = VoxgateRelay(node)
+    return await measure(relay, channels, 10, 2, (AES,), seconds, loadgen=loadgen)
 
 
 async def run(
@@ -164,22 +207,31 @@ async def run(
     per_channel: int = 4,
     parallel: int = 16,
     idle_s: float = 6.0,
+    relay_channels: int = 0,
+    relay_seconds: float = 3.0,
+    loadgen: Path | None = None,
 ) -> dict[str, Any]:
-    """Start Redis and ``nodes`` nodes, measure, stop them all; returns the figures."""
+    """Start Redis and ``nodes`` nodes, measure, stop them all; returns the figures.
+
+    ``relay_channels`` > 0 also puts that fixed relay load on a plain node and on a node of
+    a one-node cluster, one after the other, to compare their throughput.
+    """
     folder = Path(tempfile.mkdtemp(prefix="voxgate-bench-cluster-"))
     server = RedisServer().start()
     cluster = ClusterSecrets.make()
     started: list[BenchNode] = []
     try:
+        # What Redis spends on itself (its cron), with no node: taken out of the rest.
+        before = commandstats(server.port)
+        await asyncio.sleep(idle_s)
+        baseline = _delta(before, commandstats(server.port)).get("cpu_us", 0) / idle_s
         started = start_cluster(nodes, server.url, folder, cluster)
         await asyncio.sleep(HEARTBEAT_S * 2)  # every node registered and beating
 
         # Heartbeats alone: the cluster at rest.
-        before = commandstats(server.port)
-        await asyncio.sleep(idle_s)
-        idle = _delta(before, commandstats(server.port))
-        beats = nodes * idle_s / HEARTBEAT_S
-        idle_sent, idle_total = _split(idle)
+        per_beat_sent, per_beat_total, per_beat_cpu, idle = await _idle(
+            server.port, nodes, idle_s, baseline
+        )
 
         # Joins (heartbeats go on meanwhile: their share is taken out).
         before = commandstats(server.port)
@@ -189,10 +241,14 @@ async def run(
         during = _delta(before, commandstats(server.port))
         sent, total = _split(during)
         beats_during = nodes * seconds / HEARTBEAT_S
-        per_beat_sent, per_beat_total = idle_sent / beats, idle_total / beats
         health = [node.health()["cluster"] for node in started]
         placement = [h["placement_latency"] for h in health if h["placement_latency"]]
-        return {
+        # Heartbeats again, now that every node holds its share of the claims.
+        await asyncio.sleep(HEARTBEAT_S * 2)
+        held_sent, held_total, held_cpu, held = await _idle(
+            server.port, nodes, idle_s, baseline
+        )
+        result = {
             "nodes": nodes,
             "joins": joins,
             "channels": -(-joins // per_channel),
@@ -204,13 +260,42 @@ async def run(
             "placement_p99_ms": round(max(p["p99_ms"] for p in placement), 3),
             "redis_calls_per_join": round((sent - beats_during * per_beat_sent) / joins, 2),
             "redis_commands_per_join": round((total - beats_during * per_beat_total) / joins, 2),
+            "redis_cpu_us_per_join": round(
+                (during.get("cpu_us", 0) - (beats_during * per_beat_cpu + baseline * seconds))
+                / joins,
+                1,
+            ),
+            "redis_cpu_us_per_s_at_rest": round(baseline, 1),
+            "redis_exec_us_per_join": round(
+                (during.get("exec_us", 0) - beats_during * idle["exec_us_per_beat"]) / joins, 1
+            ),
+            "redis_exec_us_per_heartbeat": idle["exec_us_per_beat"],
+            "redis_exec_us_per_heartbeat_holding": held["exec_us_per_beat"],
+            "redis_cpu_us_per_heartbeat": round(per_beat_cpu, 1),
+            "redis_cpu_us_per_heartbeat_holding": round(held_cpu, 1),
             "redis_calls_per_heartbeat": round(per_beat_sent, 2),
             "redis_commands_per_heartbeat": round(per_beat_total, 2),
+            "redis_calls_per_heartbeat_holding": round(held_sent, 2),
+            "redis_commands_per_heartbeat_holding": round(held_total, 2),
+            "claims_held_per_node": round(-(-joins // per_channel) / nodes, 1),
             "heartbeat_s": HEARTBEAT_S,
             "joins_by_node": dict(sorted(landed.items())),
             "idle_commandstats": idle,
             "joins_commandstats": during,
         }
+        if relay_channels:
+            for node in started:
+                node.stop()
+            started = []
+            plain = start_node(data_dir=folder / "plain")
+            started.append(plain)
+            alone = start_cluster_node(server.url_for(1), "solo", folder / "solo", cluster)
+            started.append(alone)
+            result["relay"] = {
+                name: asdict_step(await relay_on(node, relay_channels, relay_seconds, loadgen))
+                for name, node in (("plain", plain), ("cluster", alone))
+            }
+        return result
     finally:
         for node in started:
             node.stop()

@@ -127,6 +127,69 @@ def workers(
 
 
 @bench_app.command()
+def cluster(
+    nodes: int = typer.Option(3, help="Nodes on the one Redis."),
+    joins: int = typer.Option(2000, help="Joins through the admin APIs."),
+    per_channel: int = typer.Option(4, help="Joins per channel (a new channel every N)."),
+    parallel: int = typer.Option(16, help="Join requests in flight at once."),
+    idle_seconds: float = typer.Option(6.0, help="Window in which only heartbeats run."),
+    relay_channels: int = typer.Option(
+        20, help="Fixed relay load (channels x 10 members) on a plain and a cluster node; 0: skip."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """N nodes on one Redis: joins/s, placement latency, Redis commands per join and per
+    heartbeat, and the relay's throughput on a cluster node next to a plain one."""
+    from voxgate.bench.cluster import run as run_cluster
+    from voxgate.bench.relay import build_loadgen
+
+    loadgen, _ = build_loadgen() if relay_channels else (None, "")
+    if loadgen is None:
+        install_uvloop()
+    result = asyncio.run(
+        run_cluster(
+            nodes, joins, per_channel, parallel, idle_seconds, relay_channels, loadgen=loadgen
+        )
+    )
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(
+        f"cluster: {result['nodes']} nodes, one Redis; {result['joins']} joins over "
+        f"{result['channels']} channels, {result['parallel_requests']} in flight"
+    )
+    typer.echo(
+        f"  joins/s {result['joins_per_s']}; join round trip p50 "
+        f"{result['join_round_trip_p50_ms']} ms, p99 {result['join_round_trip_p99_ms']} ms"
+    )
+    typer.echo(
+        f"  placement (as the nodes measure it) p50 {result['placement_p50_ms']} ms, "
+        f"p99 {result['placement_p99_ms']} ms"
+    )
+    typer.echo(
+        f"  Redis per join: {result['redis_calls_per_join']} calls, "
+        f"{result['redis_commands_per_join']} commands run, "
+        f"{result['redis_cpu_us_per_join']} µs of Redis CPU"
+    )
+    typer.echo(
+        f"  Redis per heartbeat (every {result['heartbeat_s']} s per node): idle "
+        f"{result['redis_calls_per_heartbeat']} calls, {result['redis_commands_per_heartbeat']} "
+        f"commands; holding {result['claims_held_per_node']} claims "
+        f"{result['redis_calls_per_heartbeat_holding']} calls, "
+        f"{result['redis_commands_per_heartbeat_holding']} commands; Redis CPU "
+        f"{result['redis_cpu_us_per_heartbeat']} / "
+        f"{result['redis_cpu_us_per_heartbeat_holding']} µs"
+    )
+    typer.echo(f"  joins by node: {result['joins_by_node']}")
+    for name, step in result.get("relay", {}).items():
+        typer.echo(
+            f"  relay on a {name} node, {step['channels']} channels x10: "
+            f"{step['forwarded_pps']} pps forwarded, loss {step['loss']}, "
+            f"{step['cpu_ms_per_1000']} cpu-ms per 1000, p99 {step['latency_p99_ms']} ms"
+        )
+
+
+@bench_app.command()
 def idle(
     sessions: int = typer.Option(1000, help="Members joined and silent."),
     seconds: float = typer.Option(10.0, help="Measured window."),
