@@ -36,7 +36,8 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,18 @@ if TYPE_CHECKING:
 PRELOAD = Path(__file__).parent / "sandbox" / "preload.cjs"
 #: How long a stopped bot gets to exit after SIGTERM before it is killed.
 STOP_GRACE_S = 5.0
+
+
+class UnhandledRouteWarning(UserWarning):
+    """A bot called REST routes the sandbox does not serve: it got 404s that Discord would
+    not have sent. Make it an error with ``-W error::voxgate.testing.UnhandledRouteWarning``."""
+
+    def __init__(self, routes: Sequence[str]) -> None:
+        super().__init__(
+            f"the sandbox does not serve {', '.join(routes)}: the bot got 404 for each "
+            "(the sandbox's log names them)"
+        )
+        self.routes = list(routes)
 
 
 # --- bots as processes -------------------------------------------------------------------
@@ -263,7 +276,7 @@ class SandboxFixture:
 
     def messages(self, channel_id: str | int | None = None) -> list[dict[str, Any]]:
         """What was posted in a text channel (default: the sandbox's), oldest first."""
-        return list(self.sandbox.messages(str(channel_id or self.text_channel_id)))
+        return list(self.sandbox.messages(int(channel_id or self.text_channel_id)))
 
     async def wait_for_message(
         self,
@@ -346,7 +359,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     # Remembered per phase, so the fixture's teardown knows whether the test failed.
     setattr(item, f"_voxgate_{report.when}", report)
@@ -365,17 +380,20 @@ async def _sandbox_fixture(
         call = getattr(request.node, "_voxgate_call", None)
         failed = call is None or call.failed
         report = fixture.report() if failed else ""
+        unhandled = fixture.sandbox.unhandled_routes
         await fixture.close()
         if failed:
             request.node.add_report_section("teardown", "voxgate sandbox", report)
+        if unhandled:
+            warnings.warn(UnhandledRouteWarning(unhandled), stacklevel=1)
 
 
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - the plugin loads in suites without pytest-asyncio too
 
-    @pytest.fixture
-    def voxgate_sandbox() -> None:
+    @pytest.fixture(name="voxgate_sandbox")
+    def _voxgate_sandbox_unavailable() -> None:
         raise pytest.UsageError("the voxgate_sandbox fixture needs pytest-asyncio installed")
 
 else:

@@ -184,7 +184,7 @@ class SimulatedUser:
     async def send(self, content: str, channel_id: str | int | None = None) -> dict[str, Any]:
         """Post ``content`` in a text channel (default: the sandbox's); bots get MESSAGE_CREATE."""
         channel = str(channel_id or self.sandbox.info["text_channel_id"])
-        return await self.sandbox.send_message(self.user_id, channel, content)
+        return await self.sandbox.send_message(int(self.user_id), int(channel), content)
 
     async def command(
         self,
@@ -194,7 +194,7 @@ class SimulatedUser:
     ) -> Any:
         """Invoke the application command ``name`` (``/name``); bots get INTERACTION_CREATE."""
         channel = str(channel_id or self.sandbox.info["text_channel_id"])
-        return await self.sandbox.invoke_command(self.user_id, channel, name, options)
+        return await self.sandbox.invoke_command(int(self.user_id), int(channel), name, options)
 
     # --- voice ---------------------------------------------------------------------------
 
@@ -212,7 +212,7 @@ class SimulatedUser:
         channel = str(channel_id or self.sandbox.info["voice_channel_id"])
         if self.connection is not None:
             await self._hang_up()
-        voice_state, voice_server = await self.sandbox.join_voice(self.user_id, channel)
+        voice_state, voice_server = await self.sandbox.join_voice(int(self.user_id), int(channel))
         connection = await VoiceConnection.connect(
             voice_state, voice_server, ssl=self._trust(), timeout=timeout
         )
@@ -262,7 +262,7 @@ class SimulatedUser:
         if self.connection is None:
             return
         await self._hang_up()
-        await self.sandbox.leave_voice(self.user_id, self.guild_id)
+        await self.sandbox.leave_voice(int(self.user_id), int(self.guild_id))
 
     async def close(self) -> None:
         """Leave voice if in it and stop every task this user started."""
