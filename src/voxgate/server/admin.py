@@ -151,6 +151,10 @@ class _NodeCollector(Collector):
             ("keepalives_in", "UDP keep-alives received"),
             ("discovery_answered", "IP discovery requests answered"),
             ("send_errors", "Errors reported by the media socket"),
+            (
+                "dave_frames_withheld",
+                "DAVE frames not relayed to a member without DAVE (a downgraded call)",
+            ),
         ):
             yield CounterMetricFamily(f"voxgate_{name}", help_text, getattr(stats, name, 0))
         dropped = CounterMetricFamily(
@@ -159,6 +163,71 @@ class _NodeCollector(Collector):
         for reason, count in sorted(getattr(stats, "dropped", {}).items()):
             dropped.add_metric([str(reason)], count)
         yield dropped
+        yield from _dave_metrics(self._node)
+
+
+def _dave_metrics(node: NodeView) -> Iterator[Any]:
+    """The node's DAVE totals, and each channel's group (a node that has them: a worker's
+    supervisor reports none)."""
+    from voxgate.server.dave import GroupState
+
+    counters = getattr(node, "dave_counters", None)
+    if counters is not None:
+        for name, help_text in (
+            ("commits_accepted", "DAVE commits accepted (one per epoch)"),
+            ("transitions", "DAVE transitions executed (op 22 sent)"),
+            ("transition_timeouts", "DAVE transitions executed without every op 23"),
+            ("recoveries", "DAVE op 31 recoveries (a member rejoins its group)"),
+        ):
+            yield CounterMetricFamily(f"voxgate_dave_{name}", help_text, getattr(counters, name))
+        for name, help_text in (
+            ("commits_rejected", "DAVE commits ignored, by the check they failed"),
+            ("key_packages_rejected", "DAVE key packages refused (4002), by reason"),
+            ("ignored", "DAVE messages ignored (not allowed in that state), by reason"),
+        ):
+            family = CounterMetricFamily(f"voxgate_dave_{name}", help_text, labels=["reason"])
+            for reason, count in sorted(getattr(counters, name).items()):
+                family.add_metric([reason], count)
+            yield family
+    dave_groups = getattr(node, "dave_groups", None)
+    if dave_groups is None:
+        return
+    labels = ["guild", "channel"]
+    state = GaugeMetricFamily(
+        "voxgate_dave_channel_state", "Each channel's DAVE group state", labels=[*labels, "state"]
+    )
+    epoch = GaugeMetricFamily(
+        "voxgate_dave_channel_epoch", "Each channel's MLS epoch", labels=labels
+    )
+    members = GaugeMetricFamily(
+        "voxgate_dave_channel_members", "Members at a leaf of each channel's group", labels=labels
+    )
+    accepted = CounterMetricFamily(
+        "voxgate_dave_channel_commits_accepted", "Commits accepted per channel", labels=labels
+    )
+    rejected = CounterMetricFamily(
+        "voxgate_dave_channel_commits_rejected",
+        "Commits ignored per channel, by reason",
+        labels=[*labels, "reason"],
+    )
+    transitions = CounterMetricFamily(
+        "voxgate_dave_channel_transitions", "Transitions executed per channel", labels=labels
+    )
+    recoveries = CounterMetricFamily(
+        "voxgate_dave_channel_recoveries", "Op 31 recoveries per channel", labels=labels
+    )
+    for (guild_id, channel_id), group in dave_groups():
+        key = [guild_id, channel_id]
+        for value in GroupState:
+            state.add_metric([*key, value.value], 1 if group.state is value else 0)
+        epoch.add_metric(key, group.epoch)
+        members.add_metric(key, sum(1 for user in group.leaves if user is not None))
+        accepted.add_metric(key, group.counters.commits_accepted)
+        for reason, count in sorted(group.counters.commits_rejected.items()):
+            rejected.add_metric([*key, reason], count)
+        transitions.add_metric(key, group.counters.transitions)
+        recoveries.add_metric(key, group.counters.recoveries)
+    yield from (state, epoch, members, accepted, rejected, transitions, recoveries)
 
 
 def _cluster_metrics(cluster: ClusterView) -> Iterator[Any]:

@@ -16,6 +16,7 @@ from aiohttp import web
 from voxgate.protocol.opcodes import CloseCode
 from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
+from voxgate.server.dave import DaveCounters, DaveGroup
 from voxgate.server.gateway import gateway_handler
 from voxgate.server.media import MediaEndpoint
 from voxgate.server.router import Router
@@ -133,6 +134,15 @@ class VoiceNode:
 
     def media_silent_count(self) -> int:
         return self.router.media_silent_count()
+
+    @property
+    def dave_counters(self) -> DaveCounters:
+        """The DAVE counters of every channel this node has had."""
+        return self.router.dave_counters
+
+    def dave_groups(self) -> list[tuple[tuple[str, str], DaveGroup]]:
+        """Each channel's DAVE group machine, by (guild id, channel id)."""
+        return self.router.dave_groups()
 
     @property
     def endpoint(self) -> str:
