@@ -195,6 +195,7 @@ async def test_discord_py_connect_times_out_without_the_voice_states_intent(
     await bot.wait_for_output(r"^connect timed out$", timeout=40)
 
 
+@pytest.mark.filterwarnings("ignore::voxgate.testing.UnhandledRouteWarning")  # expected here
 async def test_a_route_the_sandbox_does_not_serve_is_reported(
     voxgate_sandbox: SandboxFixture,
 ) -> None:
