@@ -35,6 +35,7 @@ from voxgate.bench.redis_server import RedisServer
 from voxgate.client import SessionRestarted, VoiceConnection, VoiceConnectionError
 from voxgate.protocol.opcodes import CloseCode
 from voxgate.server.placement import NODE_TTL_S
+from voxgate.server.redis_placement import SETTLE_S
 
 # Receivers start listening this long before a sender starts (as in tests/interop).
 LEAD_S = 1.5
@@ -65,6 +66,7 @@ class Cluster:
             )  # fmt: skip
             self.nodes.append(node)
             started.append(node)
+        _wait_settled(redis_url)
         return started
 
     @property
@@ -83,6 +85,22 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _wait_settled(redis_url: str) -> None:
+    """Wait until the Redis places new channels (a fresh Redis holds off for SETTLE_S)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while (since := client.get("vg:since")) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seconds, micros = client.time()
+        waited = seconds * 1000 + micros // 1000 - int(since or 0)
+        time.sleep(max(0.0, SETTLE_S - waited / 1000) + 0.05)
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -366,10 +384,19 @@ async def test_a_redis_restart_keeps_every_call_and_the_nodes_register_again(
         assert health["status"] == "degraded"
 
         server.start()  # same port, empty: no persistence
+        # A join for the call's channel at once, through the node that does not hold it:
+        # the empty Redis must not place it there before its holder claims it again.
+        status, events = await asyncio.to_thread(_join_status, other, "kept")
+        if status == 200:
+            assert events["voice_server"]["endpoint"] == held
+        else:
+            assert status == 503 and "came back empty" in events["error"], events
         await _eventually(lambda: len(_view(other)["nodes"]) == 2)
         await _eventually(lambda: _placed_channels(_view(other))[_id(cluster, holder)] == ["kept"])
         assert await _placed(other, "kept", "late") == held
-        assert await _placed(other, "fresh") in {held, cluster.endpoint(other)}
+        fresh = await _eventually(lambda: _join_status(other, "fresh")[0] == 200)
+        assert fresh
+        assert "ending its" not in cluster.log(holder)
         await _audio_arrives_byte_exact(speaker, listener)
         assert [(c.resumes, c.reidentifies, c.rejoins) for c in (speaker, listener)] == [
             (0, 0, 0),

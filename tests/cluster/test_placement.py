@@ -62,7 +62,7 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     if request.param == "memory":
         store = MemoryPlacementStore(clock=lambda: clock[0])
     else:
-        store = RedisPlacementStore(request.getfixturevalue("redis_url"))
+        store = RedisPlacementStore(request.getfixturevalue("redis_url"), settle_s=0)
     yield Cluster(store, Placement(store, TTL), request.param, clock)
     await store.aclose()
 
@@ -188,6 +188,26 @@ async def test_live_nodes_report_their_load(cluster) -> None:
     await cluster.place("a")
     [node] = await cluster.store.live_nodes()
     assert node == NodeLoad("n-0", "h:0", SERVING, 5, 2, 0.25, placed=1)
+
+
+async def test_an_empty_redis_places_no_unclaimed_channel_until_the_nodes_had_time_to_claim(
+    redis_url: str,
+) -> None:
+    store = RedisPlacementStore(redis_url, settle_s=0.5)
+    placement = Placement(store, TTL)
+    try:
+        await store.heartbeat_and_reconcile(NodeLoad("n-0", "h:0"), 5.0, [], {}, now=0)
+        with pytest.raises(PlacementUnavailable, match="came back empty: new channels are"):
+            await placement.place(("g", "a"), 0)
+        # A node back with its members claims their channel meanwhile; joins then find it.
+        await store.heartbeat_and_reconcile(
+            NodeLoad("n-1", "h:1"), 5.0, [("g", "kept")], {}, now=0
+        )
+        assert (await placement.place(("g", "kept"), 0)).node_id == "n-1"
+        await asyncio.sleep(0.6)
+        assert (await placement.place(("g", "a"), 0)).node_id == "n-0"
+    finally:
+        await store.aclose()
 
 
 async def test_redis_liveness_lapses_by_redis_clock(redis_url: str) -> None:

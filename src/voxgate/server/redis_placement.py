@@ -6,6 +6,10 @@ Keys (SCALE.md §3, prefix ``vg:`` by default; a channel key is the JSON ``["gui
 - ``vg:nodes`` SET of node ids; ``vg:node:<id>`` HASH endpoint, state, sessions, channels,
   cpu; ``vg:alive:<id>`` a key SET with PX, refreshed each heartbeat: **a node is live
   while it exists**, so only Redis's clock decides that a node is dead;
+- ``vg:since`` when (Redis's ms) the first node registered in this Redis: a Redis that
+  came back empty places no unclaimed channel for ``settle_s``, so that every live node has
+  registered and claimed again the channels it carries before a join could place one of
+  them elsewhere (a restart then costs no call);
 - ``vg:chan:<key>`` HASH node, epoch, until (wall-clock seconds the newest token for it
   expires); ``vg:epoch:<key>`` the fencing counter, INCR'd whenever the claim changes
   hands and never reset by a release; ``vg:placed:<id>`` SET of the keys a node holds.
@@ -29,6 +33,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from voxgate.server.placement import (
+    HEARTBEAT_S,
     ChannelKey,
     Claim,
     NodeLoad,
@@ -41,6 +46,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "vg:"
 #: A command that takes longer than this counts as Redis being unreachable.
 COMMAND_TIMEOUT_S = 1.0
+#: How long an empty Redis waits before placing unclaimed channels: two heartbeats, in
+#: which every live node registers again (a heartbeat retried with back-off included).
+SETTLE_S = 2 * HEARTBEAT_S
 
 HEARTBEAT = """
 local p, id = ARGV[1], ARGV[2]
@@ -75,12 +83,22 @@ return out
 """
 
 CLAIM = """
-local p, k, untl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local p, k, untl, settle = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ck = p..'chan:'..k
 local owner = redis.call('HGET', ck, 'node')
+if (not owner) and settle > 0 then
+  -- A Redis that came back empty knows no claim: until every live node has had time to
+  -- register and claim again what it carries, a channel nobody claims is not placed.
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local since = tonumber(redis.call('GET', p..'since') or now_ms)
+  if now_ms - since < settle then
+    return {0, settle - (now_ms - since)}
+  end
+end
 if (not owner) or redis.call('EXISTS', p..'alive:'..owner) == 0 then
   local chosen = nil
-  for i = 4, #ARGV do
+  for i = 5, #ARGV do
     if redis.call('EXISTS', p..'alive:'..ARGV[i]) == 1 then
       chosen = ARGV[i]
       break
@@ -117,6 +135,8 @@ if ARGV[5] == '1' then
   redis.call('HSET', p..'node:'..me, 'endpoint', ARGV[7], 'state', ARGV[8],
     'sessions', ARGV[9], 'channels', ARGV[10], 'cpu', ARGV[11])
   redis.call('SADD', p..'nodes', me)
+  local t = redis.call('TIME')
+  redis.call('SET', p..'since', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
   i = 12
 end
 local occupied, given, order = {}, {}, {}
@@ -201,9 +221,12 @@ class RedisPlacementStore:
     by itself on the next call, so a caller retrying with back-off is all it takes.
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self, url: str, *, prefix: str = DEFAULT_PREFIX, settle_s: float = SETTLE_S
+    ) -> None:
         self.url = url
         self.prefix = prefix
+        self.settle_ms = int(settle_s * 1000)
         self.errors = 0
         # One retry on a fresh connection: after a Redis restart the pooled connection is
         # dead and only the first command on it fails. More would only stall callers.
@@ -288,10 +311,16 @@ class RedisPlacementStore:
         self, key: ChannelKey, candidates: Iterable[str], tokens_until: float
     ) -> Claim | None:
         raw = await self._run(
-            self._claim, [self.prefix, encode_key(key), f"{tokens_until:.3f}", *candidates]
+            self._claim,
+            [self.prefix, encode_key(key), f"{tokens_until:.3f}", self.settle_ms, *candidates],
         )
         if raw is None:
             return None
+        if isinstance(raw[0], int):
+            raise PlacementUnavailable(
+                f"Redis at {self.url} came back empty: new channels are placed in "
+                f"{int(raw[1])} ms, once every live node has claimed its channels again"
+            )
         return Claim(_text(raw[0]), int(raw[1]), _text(raw[2]))
 
     def _reconcile_args(
