@@ -203,6 +203,21 @@ async def test_channels_spread_over_workers_and_each_call_relays_byte_exact(
         await connection.close()
 
 
+def test_the_cluster_view_lists_each_worker_as_a_node_with_its_channels(
+    supervised: Supervised,
+) -> None:
+    import urllib.request
+
+    first = supervised.join("g", "first", "probe")["voice_server"]["endpoint"]
+    second = supervised.join("g", "second", "probe")["voice_server"]["endpoint"]
+    with urllib.request.urlopen(f"{supervised.admin_url}/v1/cluster", timeout=10) as response:
+        view = json.load(response)
+    assert sorted(node["node_id"] for node in view["nodes"]) == ["worker-0", "worker-1"]
+    placed = {n["endpoint"]: [c["channel_id"] for c in n["placed"]] for n in view["nodes"]}
+    assert "first" in placed[first] and "second" in placed[second]
+    assert all(node["state"] == "serving" for node in view["nodes"])
+
+
 def test_voxgate_token_asks_the_supervisor_where_the_channel_lives(
     supervised: Supervised,
 ) -> None:
