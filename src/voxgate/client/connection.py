@@ -424,6 +424,7 @@ class VoiceConnection:
             log.info("voice gateway closed (%s %s): %s", code, reason, action.value)
             if code == CloseCode.E2EE_REQUIRED:
                 self._failure = VoiceConnectionError(self._dave_required(reason), code)
+                reason = self._failure.reason
                 break
             rejoined = self.rejoins
             if self._rejoin is not None and self._ready.is_set() and self._reconnect:
@@ -445,7 +446,7 @@ class VoiceConnection:
             if action is CloseAction.IDENTIFY and (code is not None or self.rejoins > rejoined):
                 continue  # told "new session", or where one waits: no reason to wait
             await asyncio.sleep(min(0.25 * 2 ** (attempts - 1), RECONNECT_MAX_DELAY_S))
-        if not self._ready.is_set():
+        if not self._ready.is_set() and self._failure is None:
             self._failure = VoiceConnectionError(reason or "the server closed the connection", code)
         if not self.closed.is_set():
             self.closed.set()
