@@ -4,6 +4,7 @@ they hear per speaker (Opus packets, WAV, a speaking timeline), through the real
 from __future__ import annotations
 
 import array
+import math
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,29 @@ async def test_a_user_speaks_a_tone(voxgate_sandbox: SandboxFixture, dave: str) 
     heard = await bob.wait_heard(alice, packets=frames, quiet=0.3)
     mono = array.array("h", heard.pcm)[0::2]
     assert set(dominant_tones(mono[:48_000])) == {770.0}
+
+
+async def test_a_user_speaks_any_file_ffmpeg_reads(
+    voxgate_sandbox: SandboxFixture, tmp_path: Path, dave: str
+) -> None:
+    # A 44.1 kHz mono WAV: decoded, resampled to 48 kHz stereo and encoded by PyAV.
+    wav_path = tmp_path / "tone.wav"
+    with wave.open(str(wav_path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(44_100)
+        step = 2 * math.pi * 990.0 / 44_100
+        wav.writeframes(
+            array.array("h", (int(9000 * math.sin(step * i)) for i in range(44_100))).tobytes()
+        )
+    alice, bob = voxgate_sandbox.user("alice"), voxgate_sandbox.user("bob")
+    await bob.join()
+    await alice.join()
+    frames = await alice.play(wav_path)
+    heard = await bob.wait_heard(alice, packets=frames, quiet=0.3)
+    assert len(heard.audio) == frames
+    mono = array.array("h", heard.pcm)[0::2]
+    assert set(dominant_tones(mono[:43_200])) == {990.0}
 
 
 async def test_users_move_and_leave(
