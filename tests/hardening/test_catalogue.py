@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -23,8 +24,10 @@ import aiohttp
 import pytest
 
 from tests.server.conftest import Peer
+from tests.server.dave_call import DaveyPeer
+from tests.server.dave_wire import DaveClient, established
 from tests.support.server import RunningServer, start_server
-from voxgate.protocol import discovery
+from voxgate.protocol import discovery, mls
 from voxgate.protocol.messages import (
     Heartbeat,
     Identify,
@@ -559,3 +562,269 @@ async def test_frame_beyond_the_hard_limit_is_refused_unread(node) -> None:
 
 def test_the_catalogue_has_at_least_forty_cases() -> None:
     assert len(GATEWAY_CASES) + len(MEDIA_CASES) + 4 >= 40
+
+
+# --- DAVE cases: hostile MLS input against an end-to-end encrypted call ------------------
+#
+# alice, bob and mallory are davey members of one group; alice streams DAVE frames that bob
+# opens. Then mallory (a member) or a fresh attacker (identified with DAVE, never a valid
+# key package) sends one hostile op. Per DAVE.md and server/dave.py: a key package or an
+# op 28 that is not one closes that connection with 4002 and the check's reason; a frame
+# too big or an op no client sends closes as any frame would; a well-formed commit that
+# fails §3.6, and op 23 / op 31 for a transition the server never announced, are ignored
+# and counted. Either way alice and bob keep one group and the audio.
+
+
+@dataclass
+class DaveCall:
+    alice: DaveClient
+    bob: DaveClient
+    mallory: DaveClient
+    sent: list[bytes] = field(default_factory=list)
+    heard: list[bytes] = field(default_factory=list)
+
+    async def run(self) -> None:
+        alice_ssrc = self.alice.peer.ready.ssrc  # type: ignore[union-attr]
+
+        async def receive() -> None:
+            while True:
+                for ssrc, payload in await self.bob.peer.receive_audio(1, timeout=3600):
+                    if ssrc == alice_ssrc:
+                        opened = self.bob.member.decrypt(self.alice.user_id, payload)
+                        if opened is not None:
+                            self.heard.append(opened)
+
+        async def drain() -> None:
+            while True:
+                await self.mallory.peer.datagrams.queue.get()
+
+        tasks = [asyncio.create_task(receive()), asyncio.create_task(drain())]
+        try:
+            tick = 0
+            while True:
+                opus = os.urandom(60) + tick.to_bytes(4, "big")
+                self.sent.append(opus)
+                assert self.alice.send_opus(opus).endswith(b"\xfa\xfa")
+                if tick % 25 == 0:
+                    for member in (self.alice, self.bob, self.mallory):
+                        with contextlib.suppress(ConnectionError, AssertionError):
+                            await member.peer.heartbeat()
+                tick += 1
+                await asyncio.sleep(0.01)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def check(self) -> None:
+        """bob heard alice to the end, in order, each frame intact; at most a frame or two
+        lost where the group changed epoch (mallory closed); one group for both."""
+        async with asyncio.timeout(10):
+            while not self.heard or self.heard[-1] not in self.sent[-5:]:
+                await asyncio.sleep(0.02)
+        where = [self.sent.index(opus) for opus in self.heard]
+        assert where == sorted(where)
+        assert where[-1] - where[0] + 1 - len(where) <= 3, "frames lost mid-stream"
+        assert self.alice.member.epoch_authenticator == self.bob.member.epoch_authenticator
+        for member in (self.alice, self.bob):
+            assert member.peer.close_code is None
+
+
+@pytest.fixture
+async def dave_call(running: RunningServer) -> AsyncIterator[tuple[Node, DaveCall]]:
+    trust = ssl.create_default_context(cafile=str(running.ca_path))
+    async with aiohttp.ClientSession() as http:
+        local = TokenAuthority(datadir.token_secret(Path(running.data_dir)))
+        node = Node(running, http, trust, AdminMint(running), local)
+        channel = str(secrets.randbelow(10**17) + 10**17)
+        base = secrets.randbelow(10**15) * 10 + 10**16
+        members = [DaveClient(node.peer(), str(base + n), "g", channel) for n in range(1, 4)]
+        for member in members:
+            await member.join(node.mint)
+        await established(*members)
+        call = DaveCall(*members)
+        streaming = asyncio.create_task(call.run())
+        await asyncio.sleep(0.2)
+        yield node, call
+        streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await streaming
+        for member in members:
+            await member.stop()
+        for peer in node.peers:
+            await peer.close()
+
+
+#: Sends one hostile op, from mallory or from the attacker; returns who sent it.
+DaveCase = Callable[[DaveCall, DaveClient], Awaitable[DaveClient]]
+
+
+def _forged_commit(
+    call: DaveCall,
+    *,
+    epoch: int = 0,
+    group: bytes | None = None,
+    leaf: int | None = None,
+    proposals: tuple[mls.ProposalOrRef, ...] | None = None,
+) -> bytes:
+    """A well-formed commit from mallory's leaf at the group's epoch (changed as asked),
+    citing one proposal the server never sent; its tags are garbage, as the gateway
+    cannot check them (DAVE.md §3.4)."""
+    mallory = call.mallory.member
+    refs = (mls.ProposalOrRef(mls.PROPOSAL_REFERENCE, os.urandom(32)),)
+    message = mls.PublicMessage(
+        group_id=group or mls.group_id_of(int(call.mallory.channel)),
+        epoch=(mallory.epoch or 0) + epoch,
+        sender_type=mls.SenderType.MEMBER,
+        sender_index=mallory.leaf if leaf is None else leaf,  # type: ignore[arg-type]
+        authenticated_data=b"",
+        content_type=mls.ContentType.COMMIT,
+        content=mls.CommitContent(refs if proposals is None else proposals, None),
+        signature=os.urandom(71),
+        confirmation_tag=os.urandom(32),
+        membership_tag=os.urandom(32),
+    )
+    return mls.build_public_message(message)
+
+
+def by_mallory(build: Callable[[DaveCall], bytes | str]) -> DaveCase:
+    async def case(call: DaveCall, attacker: DaveClient) -> DaveClient:
+        await call.mallory.peer.send_raw(build(call))
+        return call.mallory
+
+    return case
+
+
+def by_attacker(build: Callable[[DaveCall, DaveClient], bytes | str]) -> DaveCase:
+    async def case(call: DaveCall, attacker: DaveClient) -> DaveClient:
+        await attacker.peer.send_raw(build(call, attacker))
+        return attacker
+
+    return case
+
+
+def _own_key_package(attacker: DaveClient) -> bytearray:
+    return bytearray(attacker.member.new_key_package())
+
+
+def _wrong_suite(call: DaveCall, attacker: DaveClient) -> bytes:
+    package = _own_key_package(attacker)
+    package[2:4] = b"\x00\x01"
+    return b"\x1a" + package
+
+
+def _bad_signature(call: DaveCall, attacker: DaveClient) -> bytes:
+    package = _own_key_package(attacker)
+    package[-10] ^= 0x01
+    return b"\x1a" + package
+
+
+def _inline_remove() -> tuple[mls.ProposalOrRef, ...]:
+    remove = mls.InlineProposal(mls.ProposalType.REMOVE, (0).to_bytes(4, "big"), removed_leaf=0)
+    return (mls.ProposalOrRef(mls.PROPOSAL_INLINE, None, proposal=remove),)
+
+
+DAVE_CASES: list[tuple[str, DaveCase, tuple[int, str] | str]] = [
+    (
+        "undecodable key package",
+        by_attacker(lambda c, a: b"\x1a\x00\x01\x00\x02" + os.urandom(40)),
+        (CloseCode.DECODE_ERROR, "invalid key package: "),
+    ),
+    (
+        "key package for another user",
+        by_attacker(lambda c, a: b"\x1a" + DaveyPeer(c.bob.user_id, 1).new_key_package()),
+        (CloseCode.DECODE_ERROR, "invalid key package: identity mismatch"),
+    ),
+    (
+        "key package of the wrong cipher suite",
+        by_attacker(_wrong_suite),
+        (CloseCode.DECODE_ERROR, "invalid key package: wrong cipher suite"),
+    ),
+    (
+        "key package with a bad signature",
+        by_attacker(_bad_signature),
+        (CloseCode.DECODE_ERROR, "invalid key package: bad key package signature"),
+    ),
+    (
+        "undecodable commit",
+        by_mallory(lambda c: b"\x1c\x00\x01\x00\x01" + os.urandom(64)),
+        (CloseCode.DECODE_ERROR, "invalid commit: "),
+    ),
+    (
+        "binary frame over 64 KiB",
+        by_attacker(lambda c, a: b"\x1c" + bytes(70_000)),
+        (CloseCode.MESSAGE_TOO_BIG, "frame larger than 64 KiB"),
+    ),
+    (
+        "binary op no client sends",
+        by_attacker(lambda c, a: b"\x1e\x00\x01"),
+        (CloseCode.UNKNOWN_OPCODE, "unknown opcode 30"),
+    ),
+    (
+        "commit for the wrong epoch",
+        by_mallory(lambda c: b"\x1c" + _forged_commit(c, epoch=7)),
+        'voxgate_dave_commits_rejected_total{reason="epoch"}',
+    ),
+    (
+        "commit with the wrong proposal set",
+        by_mallory(lambda c: b"\x1c" + _forged_commit(c)),
+        'voxgate_dave_commits_rejected_total{reason="proposal_set"}',
+    ),
+    (
+        "commit with an inline proposal",
+        by_mallory(lambda c: b"\x1c" + _forged_commit(c, proposals=_inline_remove())),
+        'voxgate_dave_commits_rejected_total{reason="inline_proposal"}',
+    ),
+    (
+        "commit for another group",
+        by_mallory(lambda c: b"\x1c" + _forged_commit(c, group=bytes(8))),
+        'voxgate_dave_commits_rejected_total{reason="group_id"}',
+    ),
+    (
+        "commit from another member's leaf",
+        by_mallory(lambda c: b"\x1c" + _forged_commit(c, leaf=(c.mallory.member.leaf or 0) ^ 1)),
+        'voxgate_dave_commits_rejected_total{reason="sender"}',
+    ),
+    (
+        "op 23 for an unknown transition",
+        by_mallory(lambda c: json.dumps({"op": 23, "d": {"transition_id": 4242}})),
+        'voxgate_dave_ignored_total{reason="unknown_transition"}',
+    ),
+    (
+        "op 31 for an unknown transition",
+        by_mallory(lambda c: json.dumps({"op": 31, "d": {"transition_id": 4243}})),
+        'voxgate_dave_ignored_total{reason="unknown_transition"}',
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [(case, expected) for _, case, expected in DAVE_CASES],
+    ids=[name for name, _, _ in DAVE_CASES],
+)
+async def test_hostile_mls_input(dave_call, case: DaveCase, expected) -> None:
+    node, call = dave_call
+    attacker = DaveClient(
+        node.peer(),
+        str(int(call.mallory.user_id) + 7),
+        "g",
+        call.mallory.channel,
+        key_package=False,
+    )
+    await attacker.join(node.mint)
+    before = node.server.metrics().get(expected, 0.0) if isinstance(expected, str) else 0.0
+    sender = await case(call, attacker)
+    if isinstance(expected, tuple):
+        code, reason_start = expected
+        got, reason = await sender.peer.closed(timeout=5)
+        assert got == code, reason
+        assert reason.startswith(reason_start), reason
+    else:
+        async with asyncio.timeout(5):
+            while node.server.metrics().get(expected, 0.0) < before + 1:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert node.server.metrics().get(expected, 0.0) == before + 1
+        assert sender.peer.close_code is None, "ignored, not closed"
+    await attacker.stop()
+    await call.check()

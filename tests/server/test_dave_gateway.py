@@ -8,123 +8,31 @@ real one; only its policy changes between tests.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from tests.server.conftest import Peer
-from tests.server.dave_call import OPUS, DaveyPeer
-from voxgate.protocol import discovery
-from voxgate.protocol.crypto import transport_cipher
+from tests.server.dave_call import OPUS
+from tests.server.dave_wire import AES, XCHACHA, DaveClient, established, until
 from voxgate.protocol.messages import (
     DaveExecuteTransition,
     DavePrepareTransition,
     Identify,
-    Message,
     MlsAnnounceCommitTransition,
     MlsExternalSender,
     MlsProposals,
     MlsWelcome,
-    Ready,
     Resumed,
-    SelectProtocol,
-    SelectProtocolData,
     SessionDescription,
 )
-from voxgate.protocol.opcodes import CloseCode, EncryptionMode
+from voxgate.protocol.opcodes import CloseCode
 from voxgate.server.admin import admin_app
-from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import DavePolicy
 from voxgate.server.dave import GroupState
 
-AES = EncryptionMode.AEAD_AES256_GCM_RTPSIZE.value
-XCHACHA = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE.value
 GUILD = "1"
 CHANNEL = "927310423890473011"
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-class DaveClient:
-    """A member over the wire: a Peer's WebSocket and UDP, and a davey session."""
-
-    def __init__(self, peer: Peer, user_id: str, *, dave: bool = True) -> None:
-        self.peer = peer
-        self.user_id = user_id
-        self.dave = dave
-        self.member = DaveyPeer(user_id, int(CHANNEL))
-        self.frames: list[tuple[Message, int | None]] = []
-        self.description: SessionDescription | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def join(
-        self, authority: TokenAuthority, mode: str = AES, channel: str = CHANNEL
-    ) -> None:
-        peer = self.peer
-        token, grant = authority.mint(GUILD, channel, self.user_id)
-        peer.token, peer.session_id, peer.guild = token, grant.session_id, GUILD
-        await peer.open()
-        await peer.send(
-            Identify(
-                server_id=GUILD,
-                user_id=self.user_id,
-                session_id=grant.session_id,
-                token=token,
-                max_dave_protocol_version=1 if self.dave else 0,
-            )
-        )
-        peer.ready = await peer.expect(Ready)
-        loop = asyncio.get_running_loop()
-        peer.udp, _ = await loop.create_datagram_endpoint(
-            lambda: peer.datagrams, remote_addr=("127.0.0.1", peer.ready.port)
-        )
-        peer.udp.sendto(discovery.build_request(peer.ready.ssrc))
-        answer = discovery.parse(await asyncio.wait_for(peer.datagrams.queue.get(), 5))
-        self.start()
-        await peer.send(
-            SelectProtocol(
-                protocol="udp",
-                data=SelectProtocolData(address=answer.address, port=answer.port, mode=mode),
-            )
-        )
-        await until(lambda: self.description is not None)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._drive())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _drive(self) -> None:
-        while True:
-            message, seq = await self.peer.messages.get()
-            self.frames.append((message, seq))
-            if isinstance(message, SessionDescription):
-                self.description = message
-                self.peer.cipher = transport_cipher(message.mode, bytes(message.secret_key))
-                replies = self.member.described(message.dave_protocol_version)
-            else:
-                replies = self.member.receive(message)
-            for reply in replies:
-                await self.peer.send(reply)
-
-    def kinds(self) -> list[type]:
-        return [type(message) for message, _ in self.frames]
-
-    def send_opus(self, opus: bytes) -> bytes:
-        """Send ``opus`` as the member would now (DAVE-encrypted when ready); the payload."""
-        payload = self.member.encrypt(opus) if self.member.ready else opus
-        self.peer.send_audio(payload)
-        return payload
 
 
 Clients = Callable[..., DaveClient]
@@ -136,26 +44,13 @@ async def clients(peers) -> AsyncIterator[Clients]:
     made: list[DaveClient] = []
 
     def make(node, user_id: str, *, dave: bool = True) -> DaveClient:
-        client = DaveClient(peers(node), user_id, dave=dave)
+        client = DaveClient(peers(node), user_id, GUILD, CHANNEL, dave=dave)
         made.append(client)
         return client
 
     yield make
     for client in made:
         await client.stop()
-
-
-async def _established(*clients: DaveClient, after: bytes | None = None) -> bytes:
-    """Wait for one group on every client (another than ``after``); its authenticator."""
-
-    def done() -> bool:
-        codes = {client.member.epoch_authenticator for client in clients}
-        return None not in codes and len(codes) == 1 and after not in codes
-
-    await until(done)
-    authenticator = clients[0].member.epoch_authenticator
-    assert authenticator is not None
-    return authenticator
 
 
 async def test_two_members_make_a_group_and_the_relay_carries_their_dave_frames(
@@ -166,7 +61,7 @@ async def test_two_members_make_a_group_and_the_relay_carries_their_dave_frames(
     bob = clients(node, "1002")
     await alice.join(authority, AES)
     await bob.join(authority, XCHACHA)
-    await _established(alice, bob)
+    await established(alice, bob)
     assert alice.description.dave_protocol_version == 1  # type: ignore[union-attr]
     # Op 25 only after op 4 (discord.py drops binary frames before it), also for bob,
     # whose op 4 the node holds back a moment (the first-packet race).
@@ -207,7 +102,7 @@ async def test_resume_replays_the_binary_frames_missed(start_node, clients, auth
     await until(lambda: Resumed in alice.kinds())
     replayed = alice.kinds()[: alice.kinds().index(Resumed)]
     assert MlsProposals in replayed
-    await _established(alice, bob)
+    await established(alice, bob)
     payload = alice.send_opus(OPUS)
     ((_, relayed),) = await bob.peer.receive_audio(1)
     assert bob.member.decrypt("1001", relayed) == OPUS and relayed == payload
@@ -239,7 +134,7 @@ async def test_dave_required_closes_a_client_without_dave_with_4017(
     assert node.session_count() == 1  # refused before a session opened
     bob = clients(node, "1002")
     await bob.join(authority)
-    await _established(alice, bob)
+    await established(alice, bob)
 
 
 async def test_dave_off_describes_version_0_and_sends_no_dave(
@@ -265,7 +160,7 @@ async def test_downgrade_withholds_dave_frames_from_the_member_without_dave(
     alice, bob = clients(node, "1001"), clients(node, "1002")
     await alice.join(authority)
     await bob.join(authority)
-    before = await _established(alice, bob)
+    before = await established(alice, bob)
     legacy = clients(node, "1003", dave=False)
     await legacy.join(authority)
     assert legacy.description.dave_protocol_version == 0  # type: ignore[union-attr]
@@ -281,7 +176,7 @@ async def test_downgrade_withholds_dave_frames_from_the_member_without_dave(
     assert node.stats.dave_frames_withheld == 1
     # The last member without DAVE leaves: the upgrade re-creates the group.
     await legacy.peer.close()
-    await _established(alice, bob, after=before)
+    await established(alice, bob, after=before)
     assert node.router.channels[(GUILD, CHANNEL)].forward == node.router.forward
     payload = bob.send_opus(OPUS)
     ((_, relayed),) = await alice.peer.receive_audio(1)
@@ -293,7 +188,7 @@ async def test_metrics_show_each_channel_group(start_node, clients, authority) -
     alice, bob = clients(node, "1001"), clients(node, "1002")
     await alice.join(authority)
     await bob.join(authority)
-    await _established(alice, bob)
+    await established(alice, bob)
     await until(lambda: not node.router.dave_groups()[0][1].transitions)
     async with TestClient(TestServer(admin_app(node, authority, "k" * 32, node.endpoint))) as http:
         text = await (await http.get("/metrics")).text()
