@@ -66,3 +66,69 @@ async def test_a_voice_recv_music_bot_switched_to_voxgate_plays_and_records_unde
     )
     assert packets[: len(song)] == song
     assert connection.dave.frames_decrypted >= len(song)
+
+
+def _positions(sent: list[bytes], heard: list[bytes]) -> list[int]:
+    """Where each heard packet is in ``sent``, matched in order (fails if one is not)."""
+    positions, at = [], 0
+    for packet in heard:
+        while at < len(sent) and sent[at] != packet:
+            at += 1
+        assert at < len(sent), "a packet heard that was not sent, or out of order"
+        positions.append(at)
+        at += 1
+    return positions
+
+
+async def _switched_bot(voxgate_sandbox, tmp_path):
+    bot_file = tmp_path / "music_bot.py"
+    bot_file.write_text((BOTS / "music_bot.py").read_text().replace(IMPORT, SWITCHED))
+    bot = await voxgate_sandbox.run_bot(bot_file, env={"RECORDINGS": str(tmp_path)}, cwd=BOTS)
+    await bot.wait_for_output("^ready")
+    return bot
+
+
+@pytest.mark.voxgate_sandbox(dave="required")
+async def test_the_bot_follows_a_move_a_failover_and_a_moderator_disconnect(
+    voxgate_sandbox, tmp_path
+) -> None:
+    from tests.support.audio import ogg_packets, tone_sequence, write_tones
+
+    song = tmp_path / "long.ogg"
+    write_tones(song, tone_sequence(5.0, seed=42))
+    sent = ogg_packets(song)
+    bot = await _switched_bot(voxgate_sandbox, tmp_path)
+    alice = voxgate_sandbox.user("alice")
+    await alice.join()
+
+    async def say(text: str, reply: str, timeout: float = 60) -> dict:
+        message = await alice.send(text)
+        return await voxgate_sandbox.wait_for_message(
+            reply, author=bot, after=message, timeout=timeout
+        )
+
+    await say("!join", "^joined")
+    # Alice moves to another channel; !join moves the bot there (discord.py's move_to).
+    elsewhere = voxgate_sandbox.create_voice_channel(voxgate_sandbox.guild_id, "elsewhere")
+    await alice.join(elsewhere)
+    await say("!join", f"^joined {elsewhere}")
+    # Playing there while Discord moves the call to another voice server.
+    playing = await alice.send(f"!play {song}")
+    await voxgate_sandbox.wait_for_message("^playing", author=bot, after=playing, timeout=30)
+    await alice.wait_heard(bot, packets=50)
+    await voxgate_sandbox.voice_server_failover(voxgate_sandbox.guild_id)
+    await voxgate_sandbox.wait_for_message("^finished", author=bot, after=playing, timeout=60)
+    heard = (await alice.wait_heard(bot, packets=len(sent) - 50, quiet=0.5)).audio
+    positions = _positions(sent, heard)
+    print(
+        f"\nsandbox: moved with alice to {elsewhere}; through a voice-server failover alice"
+        f" heard {len(heard)} of {len(sent)} packets, in order, to the last"
+    )
+    assert positions[-1] == len(sent) - 1 and len(heard) >= len(sent) - 25
+    # A moderator disconnects the bot: it leaves cleanly, and can be asked to join again.
+    await voxgate_sandbox.disconnect_member(int(bot.user_id), voxgate_sandbox.guild_id)
+    await voxgate_sandbox.wait_for(
+        lambda: all(state["user_id"] != bot.user_id for state in voxgate_sandbox.voice_states()),
+        timeout=20,
+    )
+    await say("!join", f"^joined {elsewhere}")

@@ -10,8 +10,9 @@ heartbeats, resuming and new sessions; the class itself keeps discord.py's API o
 ``receive``) with discord-ext-voice-recv's sink interface.
 
 A new VOICE_SERVER_UPDATE (a move to another channel, or Discord moving the call to another
-voice server) makes a new connection to the endpoint it names; playing and listening carry
-on over the switch. The old connection is closed once the new one is ready.
+voice server) closes the connection and makes a new one to the endpoint it names, as
+discord.py does; playing and listening carry on over the switch (the frames of the switch
+itself are dropped).
 
 Example::
 
@@ -316,8 +317,14 @@ class VoiceClient(discord.VoiceProtocol):
         self._switch_task = self._spawn(self._switch())
 
     async def _switch(self) -> None:
-        """A new voice server (or channel): connect there, then drop the old connection."""
+        """A new voice server (or channel): leave the old connection, connect there.
+
+        The old one goes first, as discord.py closes its WebSocket before it connects
+        again: the voice session keeps its id (the main gateway's session), and a server
+        refuses a second connection of a session it still has (4004).
+        """
         target = self._moving_to
+        await self._drop_connection()
         try:
             async with asyncio.timeout(self.timeout):
                 if target is not None:
@@ -331,6 +338,14 @@ class VoiceClient(discord.VoiceProtocol):
             self._spawn(self._lost(None))
             return
         await self._adopt(connection)
+
+    async def _drop_connection(self) -> None:
+        """Close the current connection (if any) without treating it as lost."""
+        old, self._connection = self._connection, None
+        if old is not None:
+            self._receiver.attach(None)
+            await self._uplink.attach(None)
+            await old.close()
 
     async def _pump(self, connection: VoiceConnection) -> None:
         """The connection's events, as discord-ext-voice-recv's dispatches, until it closes."""
