@@ -122,20 +122,26 @@ class BotProcess:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> int:
-        """SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`; returns the exit code."""
+        """SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`, to the bot's process group (the
+        bot and what it started, such as FFmpeg); returns the bot's exit code."""
         if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), STOP_GRACE_S)
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
+                self._signal(signal.SIGKILL)
                 await self.process.wait()
+        # Whatever the bot left running in its group goes with it.
+        self._signal(signal.SIGKILL)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._reader, 5)
         assert self.process.returncode is not None
         return self.process.returncode
+
+    def _signal(self, signum: int) -> None:
+        # run_bot starts each bot in a session of its own: its process group id is its pid.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signum)
 
 
 def bot_command(path: Path) -> list[str]:

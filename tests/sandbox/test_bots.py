@@ -97,13 +97,22 @@ async def test_bot_sees_the_guild_joins_plays_and_hears_byte_exact(
     heard = await alice.wait_heard(bot, packets=len(ogg_packets(song)), quiet=0.5)
     assert as_played(name, heard.audio) == ogg_packets(song)
     assert heard.duration > 1.5
+    print(
+        f"{name} played {song.name}: alice heard {len(heard)} packets, the file's "
+        f"{len(ogg_packets(song))} byte for byte, {heard.duration:.2f} s decoded"
+    )
 
     # Alice speaks: the bot hears her packets, byte for byte.
     await command(sandbox, alice, "!listen", r"^listening$", bot)
     speech, _ = tones(2.0, 2)
     await alice.play(speech)
-    await command(sandbox, alice, "!save", rf"packets from {alice.user_id}", bot)
+    saved = await command(sandbox, alice, "!save", rf"packets from {alice.user_id}", bot)
     assert audio(recorded(recordings, alice.user_id)) == ogg_packets(speech)
+    print(
+        f"{name} heard alice play {speech.name}: it said {saved['content']!r}; its "
+        f"{len(audio(recorded(recordings, alice.user_id)))} audio packets are the file's "
+        f"{len(ogg_packets(speech))} byte for byte"
+    )
 
 
 @pytest.mark.parametrize("name", LIBRARIES)
@@ -158,6 +167,12 @@ async def test_a_discord_py_bot_and_a_discord_js_bot_hear_each_other(
     # And alice, in the same channel, heard both.
     assert as_played(".py", alice.heard(dpy).audio) == ogg_packets(song)
     assert alice.heard(js).audio == ogg_packets(song)
+    print(
+        f"both played {song.name} at once: discord.py heard discord.js's "
+        f"{len(audio(recorded(dpy_recordings, js.user_id)))} audio packets and discord.js "
+        f"heard discord.py's {len(audio(recorded(js_recordings, dpy.user_id)))} (2 Ogg "
+        f"headers + {len(ogg_packets(song))}), byte for byte"
+    )
 
 
 @pytest.mark.parametrize("name", LIBRARIES)
