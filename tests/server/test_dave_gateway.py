@@ -8,13 +8,19 @@ real one; only its policy changes between tests.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.server.conftest import Peer
 from tests.server.dave_call import OPUS
 from tests.server.dave_wire import AES, XCHACHA, DaveClient, established, until
+from tests.support.server import start_server
 from voxgate.protocol.messages import (
     DaveExecuteTransition,
     DavePrepareTransition,
@@ -201,3 +207,42 @@ async def test_metrics_show_each_channel_group(start_node, clients, authority) -
     assert "voxgate_dave_commits_accepted_total 1.0" in text
     # The loser's commit of epoch 0 came too late: ignored and counted by reason.
     assert 'voxgate_dave_commits_rejected_total{reason="epoch"} 1.0' in text
+
+
+class _AdminMint:
+    """Joins minted by a running node's admin API, in ``authority.mint``'s shape."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    def mint(self, guild: str, channel: str, user: str) -> tuple[str, Any]:
+        events = self.server.join(guild, channel, user)
+        self.port = int(events["voice_server"]["endpoint"].rsplit(":", 1)[1])
+        return events["voice_server"]["token"], SimpleNamespace(
+            session_id=events["voice_state"]["session_id"]
+        )
+
+
+async def test_workers_apply_the_dave_policy(tmp_path) -> None:
+    server = start_server(tmp_path / "node", "--workers", "2", "--dave", "required")
+    try:
+        trust = ssl.create_default_context(cafile=str(server.ca_path))
+        mint = _AdminMint(server)
+        async with aiohttp.ClientSession() as http:
+            token, grant = mint.mint(GUILD, CHANNEL, "1003")
+            worker: Any = SimpleNamespace(port=mint.port)  # the worker hosting the channel
+            legacy = Peer(worker, http, trust)
+            await legacy.open()
+            await legacy.send(
+                Identify(server_id=GUILD, user_id="1003", session_id=grant.session_id, token=token)
+            )
+            code, reason = await legacy.closed()
+            assert code == CloseCode.E2EE_REQUIRED, reason
+            alice = DaveClient(Peer(worker, http, trust), "1001", GUILD, CHANNEL)
+            await alice.join(mint)
+            assert alice.description.dave_protocol_version == 1  # type: ignore[union-attr]
+            await until(lambda: MlsExternalSender in alice.kinds())
+            await alice.stop()
+            await alice.peer.close()
+    finally:
+        server.stop()
