@@ -121,6 +121,9 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact_un
             privacy_code = await _in_group(member, bot_id, vox_id, js_id)
             await _in_group(vc.connection, bot_id, vox_id, js_id)
             bot_code = vc.privacy_code
+            # Verification codes are pairwise: the bot's for the member is the member's for it.
+            verification = vc.verification_code(discord.Object(vox_id))
+            assert verification and verification == member.dave.verification_code(str(bot_id))
             await AudioPlayer(member, OggOpusSource(vox_file)).play()
             await drivers.finish()
         await member.close()
@@ -151,7 +154,8 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact_un
         f"\n  {js_id} (discord.js): {len(js_heard)}/{len(js_sent)} packets,"
         f" byte-exact after DAVE decryption: {js_heard == js_sent}"
         f"\n  relayed to the bot: {len(relayed)} frames, all DAVE frames:"
-        f" {all(is_dave_frame(frame) for frame in relayed)}; lost: {opus.lost}"
+        f" {all(is_dave_frame(frame) for frame in relayed)}; lost: {opus.lost};"
+        f" verification code with {vox_id}: {verification}"
     )
     assert vox_heard == vox_sent
     assert js_heard == js_sent
