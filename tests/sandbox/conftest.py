@@ -172,7 +172,9 @@ class DpyBot:
         async with asyncio.timeout(timeout):
             while not (value := predicate()):
                 self.changed.clear()
-                await self.changed.wait()
+                # Woken by the events recorded, and polling for what discord.py only caches.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), 0.1)
             return value
 
     async def start(self) -> DpyBot:

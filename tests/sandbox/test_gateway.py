@@ -483,3 +483,40 @@ async def test_a_new_user_is_a_guild_member_add_for_the_members_intent(
     # Everything dispatched to it before the message has arrived: no member add among it.
     await plain.dispatch("MESSAGE_CREATE")
     assert not [d for d in plain.dispatches if d["t"] == "GUILD_MEMBER_ADD"]
+
+
+async def test_a_bot_moving_channels_gets_new_events_and_its_old_voice_socket_closes_4014(
+    sandbox: Sandbox, raw_gateways: RawGateways
+) -> None:
+    """What Discord does on a move (discord.py reconnects on that 4014)."""
+    import ssl
+
+    from voxgate.client import VoiceConnection
+
+    lounge_id = sandbox.create_voice_channel(sandbox.guild_id, "Lounge")
+    gateway = await raw_gateways()
+    await gateway.identify(token(sandbox), GUILDS | GUILD_VOICE_STATES)
+    trust = ssl.create_default_context(cafile=str(sandbox.ca))
+
+    async def op_4(channel_id: int) -> VoiceConnection:
+        await gateway.send(
+            {"op": 4, "d": {"guild_id": sandbox.info["guild_id"], "channel_id": str(channel_id)}}
+        )
+        state = (await gateway.dispatch("VOICE_STATE_UPDATE"))["d"]
+        server = (await gateway.dispatch("VOICE_SERVER_UPDATE"))["d"]
+        assert state["channel_id"] == str(channel_id)
+        assert sandbox.authority.verify(server["token"]).channel_id == str(channel_id)
+        return await VoiceConnection.connect(state, server, ssl=trust, reconnect=False)
+
+    general = await op_4(sandbox.voice_channel_id)
+    try:
+        lounge_events = asyncio.create_task(op_4(lounge_id))
+        await asyncio.wait_for(general.closed.wait(), 10)
+        lounge = await lounge_events
+        assert sandbox.node is not None
+        channels = [s.channel.key[1] for s in sandbox.node.router.sessions.values()]
+        assert channels == [str(lounge_id)]
+        assert "closing gateway: 4014 disconnected: moved to another channel" in sandbox.logs()
+        await lounge.close()
+    finally:
+        await general.close()

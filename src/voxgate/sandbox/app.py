@@ -575,6 +575,12 @@ class Sandbox:
             "VOICE_SERVER_UPDATE",
             self._voice_server(guild_id, channel_id, session.user_id, session.session_id),
         )
+        if current is not None and current.channel_id != channel_id:
+            # A move: as Discord's voice server does, the old voice WebSocket is closed with
+            # 4014, and discord.py reconnects with the update it just got.
+            self._end_voice_sessions(guild_id, session.user_id, "moved to another channel")
+            log.info("%s moved to voice channel %d", session.bot.user.username, channel_id)
+            return
         log.info("%s joined voice channel %d", session.bot.user.username, channel_id)
 
     def _voice_connected(self, session_id: str, channel_id: int) -> bool:
