@@ -37,6 +37,7 @@ from voxgate.server.placement import (
     Placement,
     PlacementUnavailable,
     Reconciled,
+    describe_nodes,
 )
 from voxgate.server.redis_placement import RedisPlacementStore
 
@@ -316,21 +317,7 @@ class ClusterAgent:
 
         Raises :class:`PlacementUnavailable`.
         """
-        nodes = await self.store.live_nodes()
-        listed = []
-        for load in sorted(nodes, key=lambda n: n.node_id):
-            channels = await self.store.placed_on(load.node_id)
-            listed.append(
-                {
-                    "node_id": load.node_id,
-                    "endpoint": load.endpoint,
-                    "state": load.state,
-                    "sessions": load.sessions,
-                    "channels": load.channels,
-                    "cpu": load.cpu,
-                    "placed": [{"guild_id": g, "channel_id": c} for g, c in channels],
-                }
-            )
+        listed = await describe_nodes(self.store)
         self.live_nodes = len(listed)
         self.channels_placed = sum(len(node["placed"]) for node in listed)
         return {"node_id": self.node_id, "nodes": listed}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from voxgate.errors import VoxgateError
 
@@ -91,12 +91,10 @@ class PlacementStore(Protocol):
     async def live_nodes(self) -> list[NodeLoad]:
         """Every live node, with its count of claimed channels in ``placed``."""
 
-    async def claim(
-        self, key: ChannelKey, candidates: Iterable[str], tokens_until: float
-    ) -> Claim | None:
-        """The claim of ``key``: kept where it is while its node is live, else given to the
-        first live candidate (a new epoch). Either way it is kept until ``tokens_until`` at
-        least. None when it has no live node and no candidate is live."""
+    async def claim(self, key: ChannelKey, tokens_until: float) -> Claim | None:
+        """The claim of ``key``: kept where it is while its node is live, else given (a new
+        epoch) to the live node :func:`choose_node` puts first. Either way it is kept until
+        ``tokens_until`` at least. None when it has no live node and no node takes it."""
 
     async def reconcile(
         self,
@@ -125,8 +123,8 @@ class PlacementStore(Protocol):
 
 def choose_node(nodes: Iterable[NodeLoad], cpu_limit: float = CPU_LIMIT) -> list[str]:
     """The order in which live nodes are offered a new channel: serving ones with CPU to
-    spare first, the fewest channels placed first, then by id (no herd when loads tie, and
-    tests can say which node comes next)."""
+    spare first, the fewest channels placed first, then by id (tests can say which node
+    comes next). The Redis backend's claim script applies the same rules in Lua."""
     serving = [node for node in nodes if node.state == SERVING]
     spare = [node for node in serving if node.cpu < cpu_limit] or serving
     return [node.node_id for node in sorted(spare, key=lambda n: (n.placed, _natural(n.node_id)))]
@@ -136,6 +134,26 @@ def _natural(node_id: str) -> tuple[int, int | str]:
     # "worker-10" after "worker-9", and plain ids in text order.
     head, _, tail = node_id.rpartition("-")
     return (0, int(tail)) if tail.isdigit() and head else (1, node_id)
+
+
+async def describe_nodes(store: PlacementStore) -> list[dict[str, Any]]:
+    """The live nodes with their load and the channels each holds, as ``GET /v1/cluster``
+    lists them."""
+    listed: list[dict[str, Any]] = []
+    for load in sorted(await store.live_nodes(), key=lambda node: _natural(node.node_id)):
+        channels = await store.placed_on(load.node_id)
+        listed.append(
+            {
+                "node_id": load.node_id,
+                "endpoint": load.endpoint,
+                "state": load.state,
+                "sessions": load.sessions,
+                "channels": load.channels,
+                "cpu": load.cpu,
+                "placed": [{"guild_id": g, "channel_id": c} for g, c in channels],
+            }
+        )
+    return listed
 
 
 class Placement:
@@ -151,15 +169,10 @@ class Placement:
 
         Raises :class:`PlacementUnavailable` when no node is live and serving.
         """
-        for _ in range(3):
-            order = choose_node(await self.store.live_nodes())
-            claim = await self.store.claim(key, order, now + self.token_ttl_s)
-            if claim is not None:
-                return claim
-            if not order:
-                break
-            # The node chosen stopped being live between the two steps: choose again.
-        raise PlacementUnavailable("no live node takes new channels")
+        claim = await self.store.claim(key, now + self.token_ttl_s)
+        if claim is None:
+            raise PlacementUnavailable("no live node takes new channels")
+        return claim
 
 
 # --- the in-memory backend ---------------------------------------------------------------
@@ -222,12 +235,10 @@ class MemoryPlacementStore:
             if self._live(node_id)
         ]
 
-    async def claim(
-        self, key: ChannelKey, candidates: Iterable[str], tokens_until: float
-    ) -> Claim | None:
+    async def claim(self, key: ChannelKey, tokens_until: float) -> Claim | None:
         current = self._claims.get(key)
         if current is None or not self._live(current.node_id):
-            chosen = next((node for node in candidates if self._live(node)), None)
+            chosen = next(iter(choose_node(await self.live_nodes())), None)
             if chosen is None:
                 return None
             current = self._give(key, chosen, tokens_until)

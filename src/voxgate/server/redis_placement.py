@@ -10,12 +10,15 @@ Keys (SCALE.md §3, prefix ``vg:`` by default; a channel key is the JSON ``["gui
   came back empty places no unclaimed channel for ``settle_s``, so that every live node has
   registered and claimed again the channels it carries before a join could place one of
   them elsewhere (a restart then costs no call);
+- ``vg:load`` ZSET node id -> claims held, which the claim script walks from the lowest to
+  choose where a new channel goes (so a join costs the same with 3 nodes or 300);
 - ``vg:chan:<key>`` HASH node, epoch, until (wall-clock seconds the newest token for it
   expires); ``vg:epoch:<key>`` the fencing counter, INCR'd whenever the claim changes
   hands and never reset by a release; ``vg:placed:<id>`` SET of the keys a node holds.
 
-Every step is one Lua script, so each is atomic and costs one round trip: a join is two
-(``LIVE_NODES``, ``CLAIM``), a heartbeat one (``RECONCILE`` with the heartbeat first).
+Every step is one Lua script, so each is atomic and costs one round trip: a join is one
+(``CLAIM``, which also chooses the node), a heartbeat one (``RECONCILE`` with the heartbeat
+first); ``LIVE_NODES`` is only for listing the cluster.
 The scripts name keys they build themselves, which a single Redis (or a replica set)
 allows and Redis Cluster would not.
 """
@@ -23,7 +26,7 @@ allows and Redis Cluster would not.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import msgspec
@@ -33,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from voxgate.server.placement import (
+    CPU_LIMIT,
     HEARTBEAT_S,
     ChannelKey,
     Claim,
@@ -60,6 +64,9 @@ end
 redis.call('HSET', p..'node:'..id, 'endpoint', ARGV[4], 'state', ARGV[5],
   'sessions', ARGV[6], 'channels', ARGV[7], 'cpu', ARGV[8])
 redis.call('SADD', p..'nodes', id)
+redis.call('ZADD', p..'load', redis.call('SCARD', p..'placed:'..id), id)
+local t = redis.call('TIME')
+redis.call('SET', p..'since', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
 return 1
 """
 
@@ -84,7 +91,11 @@ return out
 
 CLAIM = """
 local p, k, untl, settle = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit = tonumber(ARGV[5])
 local ck = p..'chan:'..k
+local function recount(id)
+  redis.call('ZADD', p..'load', redis.call('SCARD', p..'placed:'..id), id)
+end
 local owner = redis.call('HGET', ck, 'node')
 if (not owner) and settle > 0 then
   -- A Redis that came back empty knows no claim: until every live node has had time to
@@ -97,22 +108,44 @@ if (not owner) and settle > 0 then
   end
 end
 if (not owner) or redis.call('EXISTS', p..'alive:'..owner) == 0 then
-  local chosen = nil
-  for i = 5, #ARGV do
-    if redis.call('EXISTS', p..'alive:'..ARGV[i]) == 1 then
-      chosen = ARGV[i]
+  -- The least-loaded live serving node, fewest claims first, then by id (the ZSET's own
+  -- order); one with CPU to spare before one without. Dead entries met are dropped (a node
+  -- that comes back is added again by its heartbeat), so the scan stays short.
+  local chosen, fallback, start = nil, nil, 0
+  while not chosen do
+    local page = redis.call('ZRANGE', p..'load', start, start + 15)
+    if #page == 0 then
       break
     end
+    for _, id in ipairs(page) do
+      if redis.call('EXISTS', p..'alive:'..id) == 0 then
+        redis.call('ZREM', p..'load', id)
+        start = start - 1
+      else
+        local h = redis.call('HMGET', p..'node:'..id, 'state', 'cpu')
+        if h[1] == 'serving' then
+          if tonumber(h[2] or '0') < limit then
+            chosen = id
+            break
+          end
+          fallback = fallback or id
+        end
+      end
+    end
+    start = start + 16
   end
+  chosen = chosen or fallback
   if not chosen then
     return false
   end
   if owner then
     redis.call('SREM', p..'placed:'..owner, k)
+    recount(owner)
   end
   local epoch = redis.call('INCR', p..'epoch:'..k)
   redis.call('HSET', ck, 'node', chosen, 'epoch', epoch, 'until', ARGV[3])
   redis.call('SADD', p..'placed:'..chosen, k)
+  recount(chosen)
   owner = chosen
 elseif untl > tonumber(redis.call('HGET', ck, 'until') or '0') then
   redis.call('HSET', ck, 'until', ARGV[3])
@@ -124,6 +157,9 @@ return {owner, redis.call('HGET', ck, 'epoch'),
 RECONCILE = """
 local p, me, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local mine = p..'placed:'..me
+local function recount(id)
+  redis.call('ZADD', p..'load', redis.call('SCARD', p..'placed:'..id), id)
+end
 -- ARGV[5]: '1' when a heartbeat comes first (ttl, endpoint, state, sessions, channels, cpu)
 local i = 6
 if ARGV[5] == '1' then
@@ -170,6 +206,7 @@ for _, k in ipairs(order) do
     if occupied[k] then
       if owner then
         redis.call('SREM', p..'placed:'..owner, k)
+        recount(owner)
       end
       local e = redis.call('INCR', p..'epoch:'..k)
       redis.call('HSET', ck, 'node', me, 'epoch', e, 'until', ARGV[3])
@@ -193,6 +230,9 @@ for _, k in ipairs(order) do
     table.insert(held, k)
     table.insert(held, tonumber(c[2]))
   end
+end
+if ARGV[5] == '1' or #held > 0 or #released > 0 then
+  recount(me)
 end
 return {held, lost, released}
 """
@@ -307,12 +347,10 @@ class RedisPlacementStore:
             for row in rows
         ]
 
-    async def claim(
-        self, key: ChannelKey, candidates: Iterable[str], tokens_until: float
-    ) -> Claim | None:
+    async def claim(self, key: ChannelKey, tokens_until: float) -> Claim | None:
         raw = await self._run(
             self._claim,
-            [self.prefix, encode_key(key), f"{tokens_until:.3f}", self.settle_ms, *candidates],
+            [self.prefix, encode_key(key), f"{tokens_until:.3f}", self.settle_ms, CPU_LIMIT],
         )
         if raw is None:
             return None

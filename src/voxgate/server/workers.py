@@ -30,7 +30,14 @@ from typing import Any
 from voxgate.errors import VoxgateError
 from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
-from voxgate.server.placement import DOWN, SERVING, MemoryPlacementStore, NodeLoad, Placement
+from voxgate.server.placement import (
+    DOWN,
+    SERVING,
+    MemoryPlacementStore,
+    NodeLoad,
+    Placement,
+    describe_nodes,
+)
 from voxgate.server.stats import NodeStats
 from voxgate.server.tls import TlsFiles
 
@@ -482,21 +489,7 @@ class Supervisor:
     async def view(self) -> dict[str, Any]:
         """``GET /v1/cluster``: every worker as a node, and the channels placed on it."""
         await self._register()
-        nodes = []
-        for load in await self.store.live_nodes():
-            placed = await self.store.placed_on(load.node_id)
-            nodes.append(
-                {
-                    "node_id": load.node_id,
-                    "endpoint": load.endpoint,
-                    "state": load.state,
-                    "sessions": load.sessions,
-                    "channels": load.channels,
-                    "cpu": load.cpu,
-                    "placed": [{"guild_id": g, "channel_id": c} for g, c in placed],
-                }
-            )
-        return {"node_id": "supervisor", "nodes": nodes}
+        return {"node_id": "supervisor", "nodes": await describe_nodes(self.store)}
 
     def workers(self) -> list[dict[str, Any]]:
         """One entry per worker, for ``/healthz``."""
