@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -22,6 +22,7 @@ from voxgate.server.config import DEFAULT_HEARTBEAT_INTERVAL_MS, DavePolicy, Ser
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from voxgate.recording import Recorder
     from voxgate.server.workers import WorkerSpec
 
 log = logging.getLogger("voxgate.serve")
@@ -81,7 +82,7 @@ async def _serve(
 ) -> None:
     """One node; ``cluster`` (Redis URL, node id) makes it a node of that cluster."""
     # Imported here so `voxgate token` and `--version` never pay for the server's imports.
-    from voxgate.server.admin import admin_app
+    from voxgate.server.admin import CONSOLE, admin_app
     from voxgate.server.node import VoiceNode, freeze_startup_objects
 
     node = VoiceNode(config, authority)
@@ -103,21 +104,48 @@ async def _serve(
             await node.close()
             raise _fail(str(exc)) from None
 
+    recorder = _recorder(authority, endpoint, data_dir, ca_path)
+
     async def close() -> None:
+        await recorder.close()
         if agent is not None:
             await agent.close()
         await node.close()
 
     def ready(admin_url: str) -> str:
+        dashboard_url = f"{admin_url}/login?once={app[CONSOLE].issue_login_token()}"
         datadir.write_node_file(
-            data_dir, endpoint, admin_url, cluster=None if cluster is None else cluster[1]
+            data_dir,
+            endpoint,
+            admin_url,
+            cluster=None if cluster is None else cluster[1],
+            dashboard_url=dashboard_url,
         )
         freeze_startup_objects()
         joined = "" if cluster is None else f" (node {cluster[1]} of the cluster on {cluster[0]})"
-        return _ready_line(config, ca_path, data_dir, endpoint, node.udp_port, joined, admin_url)
+        line = _ready_line(config, ca_path, data_dir, endpoint, node.udp_port, joined, admin_url)
+        return f"{line} dashboard: {dashboard_url}"
 
-    app = admin_app(node, authority, admin_key, endpoint, cluster=agent)
+    app = admin_app(node, authority, admin_key, endpoint, cluster=agent, recordings=recorder)
     await _admin_until_signal(app, admin_host, admin_port, close, ready)
+
+
+def _recorder(
+    authority: TokenAuthority, endpoint: str, data_dir: Path, ca_path: Path | None
+) -> Recorder:
+    """The node's recorder: a voxgate client that joins this node's calls to record them,
+    writing into the data dir's ``recordings/``."""
+    import ssl
+
+    from voxgate.recording import Recorder
+    from voxgate.server.admin import join_events
+
+    def mint(guild_id: str, channel_id: str, user_id: str) -> dict[str, Any]:
+        token, grant = authority.mint(guild_id, channel_id, user_id)
+        return join_events(token, grant, endpoint)
+
+    context = ssl.create_default_context(cafile=str(ca_path)) if ca_path is not None else None
+    return Recorder(data_dir / "recordings", mint, ssl_context=context)
 
 
 async def _serve_workers(

@@ -26,10 +26,13 @@ from prometheus_client.registry import Collector
 
 from voxgate.errors import VoxgateError
 from voxgate.server.auth import TokenAuthority, VoiceGrant
+from voxgate.server.console import Console, RecordingsView
 
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 64
+#: The operator's console of an admin app (the one-time login URL is issued through it).
+CONSOLE = web.AppKey("console", Console)
 
 
 class NodeView(Protocol):
@@ -272,10 +275,12 @@ def admin_app(
     *,
     workers: WorkersView | None = None,
     cluster: ClusterView | None = None,
+    recordings: RecordingsView | None = None,
 ) -> web.Application:
     """The aiohttp application of the admin listener; ``workers`` in front of a supervisor
     (then ``node`` is the supervisor too, and ``endpoint`` is unused for joins); ``cluster``
-    on a node of a cluster, whose joins go where the placement says."""
+    on a node of a cluster, whose joins go where the placement says. The operator's
+    console (dashboard, actions, ``recordings``) is ``app[CONSOLE]``."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_NodeCollector(node, workers, cluster))
     expected = f"Bearer {admin_key}".encode()
@@ -393,4 +398,7 @@ def admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/voice/join", join)
     app.router.add_get("/v1/cluster", cluster_view)
+    console = Console(node, admin_key, name=endpoint, recordings=recordings)
+    console.install(app)
+    app[CONSOLE] = console
     return app

@@ -65,10 +65,12 @@ def write_node_file(
     workers: list[str] | None = None,
     *,
     cluster: str | None = None,
+    dashboard_url: str | None = None,
 ) -> None:
     """Record where the running node listens, for ``voxgate token`` and the client CLI;
     ``workers``: the gateway endpoint of each worker process, when it runs several;
-    ``cluster``: the node's id, when it is a node of a cluster."""
+    ``cluster``: the node's id, when it is a node of a cluster; ``dashboard_url``: the
+    console's one-time login URL."""
     path = data_dir / NODE_FILE
     temporary = path.with_suffix(".tmp")
     recorded: dict[str, object] = {"endpoint": endpoint, "admin_url": admin_url}
@@ -76,6 +78,9 @@ def write_node_file(
         recorded["workers"] = workers
     if cluster is not None:
         recorded["cluster"] = cluster
+    if dashboard_url is not None:
+        # A one-time login URL of the console: it logs one browser in, once.
+        recorded["dashboard_url"] = dashboard_url
     temporary.write_text(json.dumps(recorded) + "\n")
     temporary.replace(path)
 

@@ -29,6 +29,7 @@ from typing import cast
 from voxgate.protocol import discovery
 from voxgate.protocol.errors import DecryptionError, PacketError
 from voxgate.server.router import Router
+from voxgate.server.session import VoiceSession
 from voxgate.server.stats import NodeStats
 
 log = logging.getLogger(__name__)
@@ -64,30 +65,34 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             if session is None:
                 stats.dropped["unknown_ssrc"] += 1
                 return
+            session.packets_in += 1
             cipher = session.cipher
             if cipher is None:
-                stats.dropped["not_described"] += 1
+                self._drop(session, "not_described")
                 return
             try:
                 clear, plaintext = cipher.open_split(data)
             except DecryptionError:
-                stats.dropped["decrypt_failed"] += 1
+                self._drop(session, "decrypt_failed")
                 return
             except PacketError:
-                stats.dropped["malformed"] += 1
+                self._drop(session, "malformed")
                 return
             window = session.replay
             if window is not None and not window.accept_packet(data):
-                stats.dropped["replayed"] += 1
+                self._drop(session, "replayed")
                 return
             # After authentication: forged packets must not spend a member's allowance.
             now = monotonic()
             if not session.rate.allow(now):
-                stats.dropped["rate_limited"] += 1
+                self._drop(session, "rate_limited")
                 return
             session.last_media_at = now
             if session.address != addr:
                 self.router.move(session, addr)
+            if session.muted:
+                self._drop(session, "server_muted")
+                return
             # Router.forward, or its DAVE-filtering variant in a call that needs one.
             session.channel.forward(session, clear, plaintext, cipher.rtpsize)
         elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
@@ -101,6 +106,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             stats.rtcp_in += 1
         else:
             stats.dropped["unknown_kind"] += 1
+
+    def _drop(self, session: VoiceSession, reason: str) -> None:
+        """Count a dropped packet of ``session``: the node's total and the member's own."""
+        self.stats.dropped[reason] += 1
+        session.dropped[reason] = session.dropped.get(reason, 0) + 1
 
     def _discovery(self, data: bytes, addr: tuple[str, int]) -> None:
         try:

@@ -310,10 +310,49 @@ class Router:
 
     def speaking(self, session: VoiceSession, message: Speaking) -> None:
         session.speaking = message.speaking
-        relayed = Speaking(speaking=message.speaking, ssrc=session.ssrc, user_id=session.user_id)
+        # A server-muted member speaks to nobody: the others keep seeing it silent.
+        flags = 0 if session.muted else message.speaking
+        relayed = Speaking(speaking=flags, ssrc=session.ssrc, user_id=session.user_id)
         for member in session.channel.members:
             if member is not session and member.described:
                 member.send(relayed)
+
+    # --- operator actions (the admin API and dashboard) --------------------------------
+
+    def find_member(self, key: ChannelKey, user_id: str) -> VoiceSession | None:
+        """The session of ``user_id`` in channel ``key`` (guild id, channel id), or None."""
+        channel = self.channels.get(key)
+        if channel is None:
+            return None
+        return next((m for m in channel.members if m.user_id == user_id), None)
+
+    def disconnect(self, session: VoiceSession, reason: str = "disconnected by an operator") -> None:  # noqa: E501
+        """End ``session`` as Discord does when a member is kicked from the call (4014)."""
+        self.leave(session, "disconnected by an operator", close=CloseCode.DISCONNECTED,
+                   reason=reason)  # fmt: skip
+
+    def end_call(self, key: ChannelKey, reason: str = "call ended by an operator") -> int:
+        """Close every member of channel ``key`` with 4022; returns how many there were."""
+        channel = self.channels.get(key)
+        members = list(channel.members) if channel is not None else []
+        for member in members:
+            self.leave(member, "call ended by an operator", close=CloseCode.CALL_TERMINATED,
+                       reason=reason)  # fmt: skip
+        return len(members)
+
+    def mute(self, session: VoiceSession, muted: bool) -> None:
+        """Server-mute (or unmute) ``session``: while muted its audio is dropped, not
+        forwarded, and every member, itself included, is told through Speaking (op 5) that
+        it is not speaking; unmuted, the others see the Speaking flags it last sent."""
+        if session.muted == muted:
+            return
+        session.muted = muted
+        session.log.info("server %s by an operator", "muted" if muted else "unmuted")
+        flags = 0 if muted else session.speaking
+        told = Speaking(speaking=flags, ssrc=session.ssrc, user_id=session.user_id)
+        for member in session.channel.members:
+            if member.described and (member is not session or muted):
+                member.send(told)
 
     def detach(
         self, connection: GatewayConnection, session: VoiceSession, now: float, *, leaving: bool
@@ -479,6 +518,7 @@ class Router:
                     other = reframe(clear, plaintext, to_rtpsize=cipher.rtpsize)
                 packet = cipher.seal_split(*other)
             sendto(packet, address)
+            receiver.packets_out += 1
             sent += 1
             sent_bytes += len(packet)
         stats = self.stats

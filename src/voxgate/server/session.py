@@ -120,6 +120,12 @@ class VoiceSession:
         # Last authenticated datagram (or keep-alive) from the member, time.monotonic().
         self.last_media_at = monotonic()
         self.media_silent = False
+        #: Plain counters the media plane bumps and the dashboard reads (admin.py, console).
+        self.packets_in = 0
+        self.packets_out = 0
+        self.dropped: dict[str, int] = {}
+        #: Server-muted by an operator: its audio is dropped, not forwarded (Router.mute).
+        self.muted = False
         # The media plane reads time.monotonic(), which the loop's clock need not be (uvloop).
         self.rate = RateLimit(packet_rate_cap, packet_rate_cap, monotonic())
         self.connection: GatewayConnection | None = None

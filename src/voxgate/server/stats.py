@@ -19,6 +19,7 @@ DROP_REASONS = (
     "replayed",  # authenticated, but a copy of a packet already relayed
     "rate_limited",  # beyond the per-session packet rate cap
     "discovery_refused",  # IP discovery for an ssrc no identified session owns
+    "server_muted",  # authentic audio of a member an operator muted (Router.mute)
 )
 
 
