@@ -1,4 +1,5 @@
-"""The ``voxgate`` command: ``serve``, ``token``, ``play``, ``record``, ``bench`` and ``sandbox``.
+"""The ``voxgate`` command: ``serve``, ``token``, ``play``, ``record``, ``admin``, ``bench`` and
+``sandbox``.
 
 Each group of commands lives in its own module and registers itself on the one Typer
 app; this module only assembles them, so the server's and the client's commands never
@@ -49,6 +50,7 @@ _COMMAND_MODULES = {
     "record": "media",
     "bench": "bench",
     "sandbox": "sandbox",
+    "admin": "admin",
 }
 
 
