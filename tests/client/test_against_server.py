@@ -83,7 +83,9 @@ async def test_third_party_sender_recorded_byte_exact_and_tone_exact(
     connection = await _connect(voxgate_server, guild, channel, listener)
     recording = AudioReceiver(connection)
     async with VoiceChannel(voxgate_server, tmp_path, guild, channel) as room:
-        await room.start(kind, "play", speaker, file=file)
+        # --e2ee: the sender starts once the call's DAVE group has it, as the voxgate
+        # player does; frames sent in the clear before that are dropped by the listener.
+        await room.start(kind, "play", speaker, file=file, flags=["--e2ee"])
         await room.finish()
     await asyncio.sleep(0.2)
     recording.close()

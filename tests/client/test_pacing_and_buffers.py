@@ -116,6 +116,9 @@ class _RecordingConnection:
         import asyncio
         import time
 
+        from voxgate.client.dave import DaveMember
+
+        self.dave = DaveMember("1", "2", enabled=False)
         self.closed = asyncio.Event()
         self.sent: list[tuple[str, object, float]] = []
         self._clock = time.monotonic

@@ -203,6 +203,8 @@ class VoiceConnection:
         self._listeners: list[PacketListener] = []
         self._wire_listeners: list[PacketListener] = []
         self._ready = asyncio.Event()
+        #: Set while the call is end-to-end encrypted for us (DAVE's group is ready).
+        self._encrypted = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._failure: VoiceConnectionError | None = None
@@ -315,6 +317,21 @@ class VoiceConnection:
     def user_of(self, ssrc: int) -> str | None:
         """The user an ssrc belongs to, as the server's Speaking messages said."""
         return self.gateway.users_by_ssrc.get(ssrc)
+
+    async def until_encrypted(self, timeout: float = 2.0) -> bool:
+        """Wait until the call is end-to-end encrypted for us; False if ``timeout`` passed
+        first (alone in the call there is no group to be in, DAVE.md §4.1).
+
+        A frame sent before that goes out in the clear, and members already in a group drop
+        it: :class:`~voxgate.client.player.AudioPlayer` waits here before its first frame
+        when others are in the call.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await self._encrypted.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def add_listener(self, listener: PacketListener, *, opened: bool = True) -> None:
         """Call ``listener(ssrc, header, payload)`` for each packet received.
@@ -537,6 +554,10 @@ class VoiceConnection:
                 for frame in self.gateway.frames_to_send():
                     await self._send(frame)  # DAVE's answers, before anything else happens
                 await self._handle(server_message, replayed)
+                if self.gateway.dave.ready:
+                    self._encrypted.set()
+                else:
+                    self._encrypted.clear()
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()

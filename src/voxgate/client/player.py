@@ -5,7 +5,9 @@ accumulates the way a chain of ``sleep(0.02)`` drifts. A frame that is late is s
 once; when the player falls more than :data:`MAX_LAG_S` behind (the process was stalled)
 it re-anchors the schedule instead of bursting to catch up, which a receiver's jitter
 buffer could not absorb. Speaking goes out before the first packet (PROTOCOL.md §6) and,
-after the last, five silence frames so receivers do not interpolate into the silence.
+after the last, five silence frames so receivers do not interpolate into the silence. With
+others in the call and its DAVE group still forming, the first frame waits (up to
+:data:`E2EE_WAIT_S`) for the encryption, so none goes out in the clear to be dropped.
 
 The players of one event loop share one :class:`_Pacer`: one timer for all of them, which
 sends every frame that is due in a single wakeup, right at its deadline, instead of
@@ -27,11 +29,15 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 
 from voxgate.client.connection import VoiceConnection, VoiceConnectionError
+from voxgate.client.dave import DaveState
 from voxgate.protocol.rtp import SILENCE_FRAME
 
 FRAME_S = 0.020
 SILENCE_FRAMES = 5
 MAX_LAG_S = 0.2
+#: How long a player waits for the call's end-to-end encryption before its first frame,
+#: when others are in the call (a join's group forms in tens of milliseconds).
+E2EE_WAIT_S = 2.0
 #: Phases of the 20 ms period new players are spread over (1 ms apart): with every player's
 #: frames due in the same instant the last of 500 sends leaves several ms late.
 PHASE_SLOTS = 20
@@ -253,6 +259,11 @@ class AudioPlayer:
         """Play the source to its end (or until :meth:`stop`)."""
         connection = self.connection
         self.state = PlayerState.PLAYING
+        dave = connection.dave
+        if dave.connected_users and dave.state in (DaveState.PENDING, DaveState.AWAITING_RESPONSE):
+            # The group that includes us is being made: a frame sent now would go out in the
+            # clear and the others, already encrypted, would drop it.
+            await connection.until_encrypted(E2EE_WAIT_S)
         await connection.set_speaking(True)
         # The first frame one period after Speaking, as discord.js and discord.py pace it:
         # receivers map ssrc -> user from the relayed Speaking and drop packets that beat it.
