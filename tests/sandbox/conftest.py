@@ -145,11 +145,15 @@ class DpyBot:
     only the library's own override points set (``Route.BASE``, ``DEFAULT_GATEWAY``) and
     the sandbox's CA trusted through its connector."""
 
-    def __init__(self, sandbox: Sandbox, index: int, intents: discord.Intents) -> None:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        index: int,
+        intents: discord.Intents,
+        client_class: type[discord.Client] = discord.Client,
+    ) -> None:
         ssl_context = ssl.create_default_context(cafile=str(sandbox.ca))
-        self.client = discord.Client(
-            intents=intents, connector=aiohttp.TCPConnector(ssl=ssl_context)
-        )
+        self.client = client_class(intents=intents, connector=aiohttp.TCPConnector(ssl=ssl_context))
         self.token = sandbox.info["bots"][index]["token"]
         self.events: list[tuple[str, Any]] = []
         self.changed = asyncio.Event()
@@ -198,8 +202,12 @@ async def dpy_bots(sandbox: Sandbox) -> AsyncIterator[Callable[..., Awaitable[Dp
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(sandbox.gateway_url)
     started: list[DpyBot] = []
 
-    async def start(index: int = 0, intents: discord.Intents | None = None) -> DpyBot:
-        bot = DpyBot(sandbox, index, intents or discord.Intents.default())
+    async def start(
+        index: int = 0,
+        intents: discord.Intents | None = None,
+        client_class: type[discord.Client] = discord.Client,
+    ) -> DpyBot:
+        bot = DpyBot(sandbox, index, intents or discord.Intents.default(), client_class)
         started.append(bot)
         return await bot.start()
 

@@ -271,3 +271,25 @@ def test_sigterm_while_bots_are_connected(start_sandbox: Any) -> None:
         await gateway.close()
 
     asyncio.run(connect_and_hold())
+
+
+async def test_host_is_used_by_every_url_the_voice_endpoint_and_the_certificate(
+    start_sandbox: Any, tmp_path: Path
+) -> None:
+    host = "127.0.0.2"  # loopback too, on Linux
+    sandbox = start_sandbox(tmp_path / "host", "--host", host)
+    info = sandbox.info
+    for name in ("api", "gateway", "control"):
+        assert info[name].split("//", 1)[1].startswith(f"{host}:")
+    assert info["voice_endpoint"].startswith(f"{host}:")
+    cert = x509.load_pem_x509_certificate((tmp_path / "host" / "tls" / "cert.pem").read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert host in {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    port = int(info["voice_endpoint"].rsplit(":", 1)[1])
+    context = ssl.create_default_context(cafile=info["ca"])
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=host),
+    ):
+        pass
+    assert (await me(info["api"], info["bots"][0]["token"]))["id"] == info["bots"][0]["user_id"]

@@ -5,6 +5,7 @@ zlib-stream, replay, a token logging in again)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -520,3 +521,29 @@ async def test_a_bot_moving_channels_gets_new_events_and_its_old_voice_socket_cl
         await lounge.close()
     finally:
         await general.close()
+
+
+async def test_discord_py_auto_sharded_client_asks_gateway_bot_and_logs_in(
+    sandbox: Sandbox, dpy_bots: DpyBots
+) -> None:
+    bot = await dpy_bots(0, None, discord.AutoShardedClient)
+    assert bot.client.shard_count == 1
+    assert bot.client.get_guild(sandbox.guild_id) is not None
+    assert "GET /api/v10/gateway/bot -> 200" in sandbox.logs()
+
+
+async def test_identify_compress_without_transport_compression_zlibs_each_payload(
+    sandbox: Sandbox, raw_gateways: RawGateways
+) -> None:
+    gateway = await raw_gateways()
+    await gateway.receive()
+    await gateway.send(
+        {
+            "op": 2,
+            "d": {"token": token(sandbox), "intents": GUILDS, "properties": {}, "compress": True},
+        }
+    )
+    message = await gateway.ws.receive()
+    assert message.type.name == "BINARY"
+    ready = json.loads(zlib.decompress(message.data))
+    assert ready["t"] == "READY"

@@ -269,3 +269,20 @@ async def test_a_rest_flood_is_429_with_retry_after_and_others_keep_working(
     assert limited and all(body["retry_after"] > 0 and body["global"] for body in limited)
     # The bystander is another bot: its own budget is untouched.
     await still_working(sandbox, bystander)
+
+
+async def test_a_socket_that_falls_too_far_behind_is_closed_4000_alone(
+    sandbox: Sandbox, raw_gateways: RawGateways, bystander: DpyBot
+) -> None:
+    from voxgate.sandbox.gateway import OUTBOX_LIMIT
+
+    gateway = await raw_gateways()
+    ready = await gateway.identify(sandbox.info["bots"][0]["token"], 1)
+    session = sandbox.gateway.sessions[ready["session_id"]]
+    for index in range(OUTBOX_LIMIT + 1):
+        session.dispatch("TYPING_START", {"n": index})
+    code, reason = await gateway.closed()
+    assert code == 4000 and "too slow" in reason
+    # Its session is kept for a resume; the bystander never noticed.
+    assert not session.ended
+    await still_working(sandbox, bystander)

@@ -48,6 +48,8 @@ RATE_LIMIT_COMMANDS = 120
 RATE_LIMIT_WINDOW_S = 60.0
 #: How many dispatches a session keeps for a Resume.
 REPLAY_BUFFER = 2000
+#: Payloads waiting for a socket that does not drain before it is closed (4000, resumable).
+OUTBOX_LIMIT = 10000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 41250
 #: How long a session whose WebSocket dropped may be resumed.
 DEFAULT_RESUME_GRACE_S = 60.0
@@ -173,8 +175,16 @@ class GatewaySocket:
         self.last_received = time.monotonic()
 
     def send(self, frame: str) -> None:
-        if self.closing is None:
-            self._outbox.put_nowait(frame)
+        if self.closing is not None:
+            return
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            # A client that does not read: its socket goes (the session stays resumable)
+            # rather than the sandbox's memory.
+            while not self._outbox.empty():
+                self._outbox.get_nowait()
+            self.close(GatewayCloseCode.UNKNOWN_ERROR, "client too slow to read its dispatches")
+            return
+        self._outbox.put_nowait(frame)
 
     def send_payload(self, payload: Payload) -> None:
         self.send(_encode(payload))
