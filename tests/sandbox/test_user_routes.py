@@ -3,6 +3,7 @@ whose test process is not the sandbox's) does over HTTP: join, speak, and what w
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,11 @@ async def test_users_join_speak_and_report_what_they_heard(
     song, _ = tones(1.0, 9)
     played = await control.call("POST", f"/v1/users/{alice}/play", {"path": str(song)})
     assert played["frames"] == len(ogg_packets(song))
-    heard = await control.call("GET", f"/v1/users/{bob}/heard?from={alice}")
+    for _ in range(100):  # what is still on its way, at most a few packets
+        heard = await control.call("GET", f"/v1/users/{bob}/heard?from={alice}")
+        if heard["audio_packets"] >= played["frames"]:
+            break
+        await asyncio.sleep(0.05)
     assert [bytes.fromhex(p) for p in heard["opus"]][: len(ogg_packets(song))] == ogg_packets(song)
     assert heard["audio_packets"] == len(ogg_packets(song))
 
