@@ -97,6 +97,12 @@ async def test_bot_sees_the_guild_joins_plays_and_hears_byte_exact(
     heard = await alice.wait_heard(bot, packets=len(ogg_packets(song)), quiet=0.5)
     assert as_played(name, heard.audio) == ogg_packets(song)
     assert heard.duration > 1.5
+    # It said it was speaking, then that it stopped, around one burst of packets (op 5 and
+    # the first packet may leave together: their order on arrival is the network's).
+    speaking = alice.timeline(bot)
+    assert [c.flags & 1 for c in speaking][-2:] == [1, 0]
+    (burst,) = alice.bursts(bot)
+    assert speaking[-2].at <= burst.start + 0.1 and burst.end <= speaking[-1].at + 0.2
     print(
         f"{name} played {song.name}: alice heard {len(heard)} packets, the file's "
         f"{len(ogg_packets(song))} byte for byte, {heard.duration:.2f} s decoded"
