@@ -21,7 +21,7 @@ from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
 from voxgate.server.guard import replay_window
 from voxgate.server.media import MediaEndpoint
-from voxgate.server.router import Channel, Router
+from voxgate.server.router import Router
 from voxgate.server.session import VoiceSession
 from voxgate.server.stats import NodeStats
 
@@ -33,7 +33,7 @@ def measure(mode: EncryptionMode) -> tuple[float, float]:
     stats = NodeStats()
     authority = TokenAuthority(b"k" * 32)
     router = Router(ServerConfig(), authority, stats)
-    channel = router.channels["g", "c"] = Channel(("g", "c"))
+    channel = router.open_channel(("g", "c"))
     key = os.urandom(32)
     for index in range(MEMBERS):
         _, grant = authority.mint("g", "c", f"u{index}")

@@ -67,14 +67,14 @@ def _media_target() -> Callable[[bytes], None]:
     from voxgate.server.auth import TokenAuthority
     from voxgate.server.config import ServerConfig
     from voxgate.server.media import MediaEndpoint
-    from voxgate.server.router import Channel, Router
+    from voxgate.server.router import Router
     from voxgate.server.session import VoiceSession
     from voxgate.server.stats import NodeStats
 
     stats = NodeStats()
     authority = TokenAuthority(KEY)
     router = Router(ServerConfig(), authority, stats)
-    channel = router.channels[("g", "c")] = Channel(("g", "c"))
+    channel = router.open_channel(("g", "c"))
     for ssrc, user, mode in (
         (1, "a", EncryptionMode.AEAD_AES256_GCM_RTPSIZE),
         (2, "b", EncryptionMode.XSALSA20_POLY1305),

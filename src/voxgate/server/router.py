@@ -174,9 +174,7 @@ class Router:
                 # One voice state per user per guild, as on Discord: the newer join wins.
                 self.leave(other, "joined from another session", close=CloseCode.DISCONNECTED)
 
-        channel = self.channels.get(key)
-        if channel is None:
-            channel = self.channels[key] = self._open_channel(key)
+        channel = self.open_channel(key)
         session = VoiceSession(
             grant,
             message.token,
@@ -418,12 +416,17 @@ class Router:
     def dave_groups(self) -> list[tuple[ChannelKey, DaveGroup]]:
         return [(key, ch.dave) for key, ch in self.channels.items() if ch.dave is not None]
 
-    def _open_channel(self, key: ChannelKey) -> Channel:
-        channel_id = snowflake(key[1])
-        group = None
-        if self.external_sender is not None and channel_id is not None:
-            group = DaveGroup(channel_id, self.external_sender, self.dave_counters)
-        return Channel(key, self.forward, group)
+    def open_channel(self, key: ChannelKey) -> Channel:
+        """The channel ``key``, made (with its DAVE group, when it can have one) and
+        registered if it is new."""
+        channel = self.channels.get(key)
+        if channel is None:
+            channel_id = snowflake(key[1])
+            group = None
+            if self.external_sender is not None and channel_id is not None:
+                group = DaveGroup(channel_id, self.external_sender, self.dave_counters)
+            channel = self.channels[key] = Channel(key, self.forward, group)
+        return channel
 
     def _apply_dave(self, channel: Channel, outputs: list[Output]) -> None:
         """Send what the group machine returned, then say how the relay treats the call."""
