@@ -496,7 +496,12 @@ class VoiceClient(discord.VoiceProtocol):
         )
         self._stop_playing()
         self._playback = Playback(
-            source, self._uplink, after=after, bitrate_kbps=bitrate, options=options
+            source,
+            self._uplink,
+            after=after,
+            bitrate_kbps=bitrate,
+            options=options,
+            timeout=self.timeout,
         )
         self._playback.start()
 

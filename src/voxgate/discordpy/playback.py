@@ -26,6 +26,7 @@ from typing import Any
 import discord
 
 from voxgate.client import AudioPlayer, VoiceConnection, VoiceConnectionError
+from voxgate.client.dave import DaveMember
 from voxgate.client.player import PlayerState
 from voxgate.client.sources import OpusEncoder
 from voxgate.protocol.opcodes import SpeakingFlags
@@ -160,13 +161,15 @@ class SourceFrames:
 class Uplink:
     """What the player sends through: the current connection of a discord.py client.
 
-    Frames sent while there is none (during a move or a reconnect) are dropped and
-    counted, so the player keeps its pace; the Speaking state is sent again to each new
-    connection, because receivers map ssrc to user from it.
+    While there is none (during a move, or a rejoin) :class:`Playback` holds the source
+    back, as discord.py's player waits to be connected again, so nothing of it is skipped;
+    a frame sent then anyway is dropped and counted. The Speaking state is sent again to
+    each new connection, because receivers map ssrc to user from it.
     """
 
     def __init__(self) -> None:
         self.connection: VoiceConnection | None = None
+        self.attached = asyncio.Event()
         #: Set once the client has disconnected for good: the player stops.
         self.closed = asyncio.Event()
         self.frames_dropped = 0
@@ -175,10 +178,37 @@ class Uplink:
     async def attach(self, connection: VoiceConnection | None) -> None:
         """Send through ``connection`` from now on (None: drop until the next one)."""
         self.connection = None
+        self.attached.clear()
         if connection is not None and self._speaking:
             with contextlib.suppress(VoiceConnectionError):
                 await connection.set_speaking(self._speaking)
         self.connection = connection
+        if connection is not None:
+            self.attached.set()
+
+    async def wait_attached(self, timeout: float, *, unless: asyncio.Event) -> bool:
+        """Until there is a connection again (True), or ``timeout`` seconds or ``unless``
+        set (False)."""
+        waits = {asyncio.ensure_future(self.attached.wait()), asyncio.ensure_future(unless.wait())}
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return self.attached.is_set() and not unless.is_set()
+
+    # What AudioPlayer reads of its connection besides sending: the current one's.
+
+    @property
+    def dave(self) -> DaveMember:
+        connection = self.connection
+        if connection is None:
+            raise VoiceConnectionError("not connected")
+        return connection.dave
+
+    async def until_encrypted(self, timeout: float = 2.0) -> bool:
+        connection = self.connection
+        return False if connection is None else await connection.until_encrypted(timeout)
 
     def send_opus(self, opus: bytes, *, samples: int = 960) -> bool:
         connection = self.connection
@@ -215,14 +245,30 @@ class Playback:
         after: Callable[[Exception | None], Any] | None,
         bitrate_kbps: int,
         options: dict[str, str],
+        timeout: float = 30.0,
     ) -> None:
         if after is not None and not callable(after):
             raise TypeError('Expected a callable for the "after" parameter.')
         self.frames = SourceFrames(source, bitrate_kbps=bitrate_kbps, options=options)
-        self.player = AudioPlayer(uplink, self.frames)  # type: ignore[arg-type]
+        self.uplink = uplink
+        self.timeout = timeout
+        self._stopped = asyncio.Event()
+        self.player = AudioPlayer(uplink, self._held_back())  # type: ignore[arg-type]
         self.after = after
         self.task: asyncio.Task[None] | None = None
         self.finished = False
+
+    async def _held_back(self) -> AsyncIterator[bytes]:
+        """The source's frames, held while the client has no connection: up to ``timeout``
+        seconds, then playing ends (discord.py's player aborts the same way)."""
+        async for frame in self.frames:
+            if self.uplink.connection is None and not await self.uplink.wait_attached(
+                self.timeout, unless=self._stopped
+            ):
+                if not self._stopped.is_set():
+                    log.info("not connected again within %g s: playing stops", self.timeout)
+                return
+            yield frame
 
     @property
     def source(self) -> discord.AudioSource:
@@ -279,5 +325,6 @@ class Playback:
         self.player.resume()
 
     def stop(self) -> None:
+        self._stopped.set()
         self.player.stop()
         self.frames.stop()
