@@ -124,6 +124,30 @@ ALLOWED: dict[tuple[GroupState, MemberState], frozenset[type[MemberMessage]]] = 
     (GroupState.DOWNGRADED, MemberState.MEMBER): _READY_ONLY,
 }
 
+#: The state changes each machine may make; anything else is a bug, raised at once.
+GROUP_TRANSITIONS: dict[GroupState, frozenset[GroupState]] = {
+    # the first commit; a member without DAVE joins
+    GroupState.PENDING: frozenset({GroupState.ESTABLISHED, GroupState.DOWNGRADED}),
+    # a reset (sole member, or none left); a member without DAVE joins; a later epoch
+    GroupState.ESTABLISHED: frozenset(
+        {GroupState.PENDING, GroupState.DOWNGRADED, GroupState.ESTABLISHED}
+    ),
+    # the upgrade
+    GroupState.DOWNGRADED: frozenset({GroupState.PENDING}),
+}
+MEMBER_TRANSITIONS: dict[MemberState, frozenset[MemberState]] = {
+    MemberState.LEGACY: frozenset(),
+    MemberState.AWAITING_KEY_PACKAGE: frozenset(
+        {MemberState.PENDING, MemberState.AWAITING_KEY_PACKAGE}
+    ),
+    # welcomed or the initial committer; a new key package; reset (op 24, op 31, downgrade)
+    MemberState.PENDING: frozenset(
+        {MemberState.MEMBER, MemberState.PENDING, MemberState.AWAITING_KEY_PACKAGE}
+    ),
+    # out of the group (op 31, a new key package, a reset, a downgrade)
+    MemberState.MEMBER: frozenset({MemberState.AWAITING_KEY_PACKAGE, MemberState.PENDING}),
+}
+
 #: Why a well-formed commit was not accepted: each a label of the commits-rejected counter.
 COMMIT_REJECTIONS = (
     "epoch",  # not the server's epoch: a loser of the race, or a replay
@@ -248,7 +272,7 @@ class DaveGroup:
         self.external_sender = external_sender
         self.counters = DaveCounters()
         self._node_counters = node_counters
-        self.state = GroupState.PENDING
+        self.state: GroupState = GroupState.PENDING
         self.members: dict[str, Member] = {}
         self.epoch = 0
         #: Who sits at each leaf (None: blank), as every member's ratchet tree has it.
@@ -376,7 +400,7 @@ class DaveGroup:
                 # The client resets and sends a new key package next (WP:319-331).
                 self._forget_in_transitions(member.user_id)
                 self._out_of_group(member, now)
-                member.state = MemberState.AWAITING_KEY_PACKAGE
+                _move(member, MemberState.AWAITING_KEY_PACKAGE)
 
     # --- joining and leaving -----------------------------------------------------------
 
@@ -421,7 +445,7 @@ class DaveGroup:
             return
         leaf, member.leaf = member.leaf, None
         if member.state is MemberState.MEMBER:
-            member.state = MemberState.AWAITING_KEY_PACKAGE
+            _move(member, MemberState.AWAITING_KEY_PACKAGE)
         in_group = self._group_members()
         if len(in_group) >= 2:
             # WP:238-250: remaining members commit the Remove (and any Adds of the epoch).
@@ -433,13 +457,13 @@ class DaveGroup:
         """Back to a pending group at epoch 0: the sole member reset (WP:279-287), or no
         member left at all while others wait to join."""
         log.info("channel %s: group reset (%d member left in it)", self.channel_id, len(in_group))
-        self.state = GroupState.PENDING
+        self._enter(GroupState.PENDING)
         self.epoch = 0
         self.leaves = []
         self.proposals = []
         for sole in in_group:
             sole.leaf = None
-            sole.state = MemberState.AWAITING_KEY_PACKAGE
+            _move(sole, MemberState.AWAITING_KEY_PACKAGE)
             sole.key_package, sole.add = None, None
             self._send(sole, DavePrepareEpoch(protocol_version=1, epoch=1, transition_id=0))
             self._send(sole, DavePrepareTransition(protocol_version=1, transition_id=0))
@@ -458,7 +482,7 @@ class DaveGroup:
             m.user_id for m in self.members.values() if m.state is not MemberState.LEGACY
         }
         log.info("channel %s: downgrade to protocol 0", self.channel_id)
-        self.state = GroupState.DOWNGRADED
+        self._enter(GroupState.DOWNGRADED)
         self.epoch = 0
         self.leaves = []
         self.proposals = []
@@ -474,7 +498,7 @@ class DaveGroup:
                 None,
             )
             if member.state is not MemberState.LEGACY:
-                member.state = MemberState.AWAITING_KEY_PACKAGE
+                _move(member, MemberState.AWAITING_KEY_PACKAGE)
         if dave_members:
             self._start_transition(0, dave_members, now)
 
@@ -483,7 +507,7 @@ class DaveGroup:
         (op 24 epoch 1), and the commit that does it carries the announced transition."""
         for transition in list(self.transitions.values()):
             self._execute(transition)
-        self.state = GroupState.PENDING
+        self._enter(GroupState.PENDING)
         dave_members = list(self.members.values())
         if not dave_members:
             return
@@ -494,7 +518,7 @@ class DaveGroup:
             self._upgrade_transition,
         )
         for member in dave_members:
-            member.state = MemberState.AWAITING_KEY_PACKAGE
+            _move(member, MemberState.AWAITING_KEY_PACKAGE)
             self._send(
                 member,
                 DavePrepareEpoch(
@@ -516,7 +540,7 @@ class DaveGroup:
         if member.state is MemberState.MEMBER or member.add is not None:
             # A new key package from a member is a client that reset without op 31.
             self._out_of_group(member, now)
-        member.state = MemberState.PENDING
+        _move(member, MemberState.PENDING)
         member.key_package = key_package
         member.key_package_ref = mls.key_package_ref(key_package)
         member.signature_key = key_package.leaf_node.signature_key
@@ -723,12 +747,12 @@ class DaveGroup:
             joiner.leaf = index
         if initial:
             committer.leaf = 0
-            committer.state = MemberState.MEMBER
+            _move(committer, MemberState.MEMBER)
             committer.add = None
             committer.key_package = None
         self.leaves = leaves
         self.epoch += 1
-        self.state = GroupState.ESTABLISHED
+        self._enter(GroupState.ESTABLISHED)
         self.proposals = []
         if initial and self._upgrade_transition is not None:
             transition_id, self._upgrade_transition = self._upgrade_transition, None
@@ -752,7 +776,7 @@ class DaveGroup:
                 recipients.add(member.user_id)
         assert welcome is not None or not added
         for joiner in added:
-            joiner.state = MemberState.MEMBER
+            _move(joiner, MemberState.MEMBER)
             # Their key packages are used up (WP:206).
             joiner.key_package, joiner.add = None, None
             self._send(joiner, MlsWelcome(transition_id=transition_id, welcome=welcome.raw))  # type: ignore[union-attr]
@@ -822,6 +846,11 @@ class DaveGroup:
     def _send(self, member: Member, message: Message) -> None:
         self._out.append(Send(member.user_id, message))
 
+    def _enter(self, state: GroupState) -> None:
+        if state is not self.state and state not in GROUP_TRANSITIONS[self.state]:
+            raise RuntimeError(f"DAVE group: no transition {self.state} -> {state}")
+        self.state = state
+
     def _flush(self) -> list[Output]:
         out, self._out = self._out, []
         return out
@@ -839,3 +868,9 @@ class DaveGroup:
 
 def _append(proposals: list[mls.Proposal]) -> MlsProposals:
     return MlsProposals(operation_type=APPEND, proposals=mls.proposals_append(proposals))
+
+
+def _move(member: Member, state: MemberState) -> None:
+    if state not in MEMBER_TRANSITIONS[member.state]:
+        raise RuntimeError(f"DAVE member {member.user_id}: no transition {member.state} -> {state}")
+    member.state = state
