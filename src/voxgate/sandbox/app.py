@@ -417,7 +417,13 @@ class Sandbox:
         self.notify()
 
     def _clear_voice_state(
-        self, guild_id: int, user_id: int, *, close_voice: bool, why: str
+        self,
+        guild_id: int,
+        user_id: int,
+        *,
+        close_voice: bool,
+        why: str,
+        session_id: str | None = None,
     ) -> bool:
         """Take ``user_id`` out of voice in ``guild_id``: VOICE_STATE_UPDATE with no channel
         to the guild's bots and, with ``close_voice``, 4014 on its voice sessions."""
@@ -432,18 +438,24 @@ class Sandbox:
             )
             log.info("user %d left voice in guild %d: %s", user_id, guild_id, why)
         if close_voice:
-            self._end_voice_sessions(guild_id, user_id, why)
+            self._end_voice_sessions(guild_id, user_id, why, session_id)
         self.notify()
         return state is not None
 
-    def _end_voice_sessions(self, guild_id: int, user_id: int, why: str) -> None:
+    def _end_voice_sessions(
+        self, guild_id: int, user_id: int, why: str, session_id: str | None = None
+    ) -> None:
+        """End ``user_id``'s voice sessions in ``guild_id`` on the node (only the one of
+        ``session_id`` when given), closing their WebSockets with 4014."""
         from voxgate.protocol.opcodes import CloseCode
 
         if self.node is None:
             return
         router = self.node.router
         for session in list(router.sessions.values()):
-            if session.guild_id == str(guild_id) and session.user_id == str(user_id):
+            if session.guild_id != str(guild_id) or session.user_id != str(user_id):
+                continue
+            if session_id is None or session.session_id == session_id:
                 router.leave(session, why, close=CloseCode.DISCONNECTED)
 
     def _voice_server(
@@ -599,7 +611,11 @@ class Sandbox:
             state = guild.voice_states.get(session.user_id)
             if state is not None and state.session_id == session.session_id:
                 self._clear_voice_state(
-                    guild.id, session.user_id, close_voice=True, why="gateway session ended"
+                    guild.id,
+                    session.user_id,
+                    close_voice=True,
+                    why="gateway session ended",
+                    session_id=session.session_id,
                 )
         self.notify()
 

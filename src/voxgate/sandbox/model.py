@@ -662,7 +662,7 @@ class SandboxModel:
     def guild_create_payload(self, guild: Guild, *, voice_states: bool) -> Payload:
         """GUILD_CREATE: the guild with its channels, members and (with the voice-states
         intent) voice states, all from this model."""
-        in_voice = set(guild.voice_states) if voice_states else set()
+        in_voice = list(guild.voice_states) if voice_states else []
         return {
             **self.guild_payload(guild),
             "joined_at": iso(self.started_at),
