@@ -149,6 +149,11 @@ async def test_discord_py_rejoins_voice_after_a_voice_server_failover(
     await sandbox.wait_for(rejoined, timeout=20)
     assert before.closed
     await bot.wait(lambda: voice.is_connected())
+    # Media flows on the new session.
+    received = sandbox.node.stats.packets_in
+    for _ in range(5):
+        voice.send_audio_packet(b"\xf8\xff\xfe", encode=False)
+    await sandbox.wait_for(lambda: sandbox.node and sandbox.node.stats.packets_in >= received + 5)
 
 
 # --- raw WebSockets ------------------------------------------------------------------------
