@@ -112,8 +112,9 @@ async def test_move_to_another_channel_keeps_playing_there(voxgate_server, ids, 
     )
     assert before and before == sent[: len(before)]
     assert after and after == sent[len(sent) - len(after) :]
-    # Only the frames of the switch itself are missing (well under a second).
-    assert len(before) + len(after) >= len(sent) - 25
+    # The player held the source back through the switch (as discord.py's waits to be
+    # connected again): at most the few frames in flight at the moment of it are missing.
+    assert len(before) + len(after) >= len(sent) - 5
     assert vc.connections_made == 2
 
 

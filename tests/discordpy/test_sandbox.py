@@ -124,7 +124,7 @@ async def test_the_bot_follows_a_move_a_failover_and_a_moderator_disconnect(
         f"\nsandbox: moved with alice to {elsewhere}; through a voice-server failover alice"
         f" heard {len(heard)} of {len(sent)} packets, in order, to the last"
     )
-    assert positions[-1] == len(sent) - 1 and len(heard) >= len(sent) - 25
+    assert positions[-1] == len(sent) - 1 and len(heard) >= len(sent) - 5
     # A moderator disconnects the bot: it leaves cleanly, and can be asked to join again.
     await voxgate_sandbox.disconnect_member(int(bot.user_id), voxgate_sandbox.guild_id)
     await voxgate_sandbox.wait_for(
