@@ -6,24 +6,33 @@ JS := tests/interop/js
 BOTS := tests/sandbox/bots
 PYCORD_VENV := .venv-pycord
 
-.PHONY: run test venv dev npm system pycord lint typecheck pytest fuzz clean
+.PHONY: run test venv dev compiler npm system pycord lint typecheck pytest fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall when the project's metadata changes; editable, so source edits need nothing.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Reinstall when the project's metadata or the C media path changes (hatch_build.py builds
+# voxgate._fastpath in place); editable, so Python source edits need nothing.
+FASTPATH := src/voxgate/_fastpath.c hatch_build.py
+
+$(VENV)/.installed: pyproject.toml $(FASTPATH) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-dev: pyproject.toml $(FASTPATH) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(VENV)/.installed $@
 
 venv: $(VENV)/.installed
 
-dev: $(VENV)/.installed-dev npm system pycord
+dev: compiler $(VENV)/.installed-dev npm system pycord
+
+# A C compiler and the OpenSSL headers, for voxgate._fastpath (the C media path) and the
+# bench's C relay and load generator; without them the install still works, pure Python.
+compiler:
+	@command -v cc >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev)
+	@test -f /usr/include/openssl/evp.h || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libssl-dev)
 
 # System programs the tests run: FFmpeg for the sandbox's discord.py music bot
 # (discord.FFmpegOpusAudio runs the ffmpeg executable; voxgate itself needs none), and

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
-from tests.server.conftest import Peer
+from tests.server.conftest import MEDIA_PATHS, Peer
 from tests.server.dave_call import DaveyPeer
 from tests.server.dave_wire import DaveClient, established
 from tests.support.server import RunningServer, start_server
@@ -122,15 +122,28 @@ class HonestCall:
             assert member.close_code is None
 
 
-@pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(
-        tmp_path_factory.mktemp("catalogue"),
-        "--modes",
-        f"{AES},{XCHACHA}",
-        "--heartbeat-interval",
-        str(HEARTBEAT_MS),
-    )
+@pytest.fixture(scope="module", params=MEDIA_PATHS)
+def running(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The node, once on each media path: voxgate._fastpath (C), then pure Python."""
+    with pytest.MonkeyPatch.context() as env:
+        if request.param == "python":
+            env.setenv("VOXGATE_NO_EXTENSIONS", "1")
+        server = start_server(
+            tmp_path_factory.mktemp("catalogue"),
+            "--modes",
+            f"{AES},{XCHACHA}",
+            "--heartbeat-interval",
+            str(HEARTBEAT_MS),
+        )
+    runs = {
+        name: value
+        for name, value in server.metrics().items()
+        if name.startswith("voxgate_media_path") and value == 1
+    }
+    assert list(runs) == [f'voxgate_media_path{{path="{request.param}"}}'], runs
+    assert server.log_count(f"media path: {request.param} \\(") == 1, server.log()
     yield server
     server.stop()
 

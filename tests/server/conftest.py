@@ -32,6 +32,7 @@ from voxgate.protocol.messages import (
     encode,
 )
 from voxgate.protocol.rtp import RtpHeader
+from voxgate.server import fastpath
 from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
 from voxgate.server.node import VoiceNode
@@ -220,18 +221,37 @@ def authority() -> TokenAuthority:
 NodeFactory = Callable[..., Any]
 
 
+#: Every node a test starts runs each media path: voxgate._fastpath (C) and pure Python.
+MEDIA_PATHS = [
+    pytest.param(
+        "native",
+        marks=pytest.mark.skipif(
+            fastpath.native is None, reason=f"no native media path: {fastpath.why_python}"
+        ),
+    ),
+    "python",
+]
+
+
+@pytest.fixture(params=MEDIA_PATHS)
+def media_path(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 async def start_node(
-    ca: trustme.CA, authority: TokenAuthority
+    ca: trustme.CA, authority: TokenAuthority, media_path: str
 ) -> AsyncIterator[Callable[..., Any]]:
     nodes: list[VoiceNode] = []
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_context)
 
     async def start(**overrides: Any) -> VoiceNode:
+        overrides.setdefault("media_path", media_path)
         config = ServerConfig(port=0, udp_port=0, ssl_context=server_context, **overrides)
         node = VoiceNode(config, authority)
         await node.start()
+        assert node.router.media_path == media_path
         nodes.append(node)
         return node
 

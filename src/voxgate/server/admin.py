@@ -140,6 +140,15 @@ class _NodeCollector(Collector):
             "Voice channels with members on this node",
             self._node.channel_count(),
         )
+        path = getattr(getattr(self._node, "router", None), "media_path", None)
+        if path is not None:
+            # voxgate._fastpath (C) or pure Python, as `voxgate serve` logs it at start.
+            media_path = GaugeMetricFamily(
+                "voxgate_media_path", "The media path this node runs (1), not (0)", labels=["path"]
+            )
+            for name in ("native", "python"):
+                media_path.add_metric([name], float(path == name))
+            yield media_path
         yield GaugeMetricFamily(
             "voxgate_sessions_media_silent",
             "Described sessions that have sent no datagram for a while",

@@ -53,6 +53,9 @@ class ServerConfig:
     # TLS handshake before it is bounded by asyncio's own 60 s).
     handshake_timeout_s: float = 10.0
     dave: DavePolicy = DavePolicy.PREFERRED
+    # The media path: "auto" runs voxgate._fastpath (C) when it is built, "python" the pure
+    # Python one, "native" insists on C (server/fastpath.py).
+    media_path: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.modes:
@@ -61,6 +64,8 @@ class ServerConfig:
             raise ValueError("an encryption mode is listed twice")
         if self.heartbeat_interval_ms <= 0:
             raise ValueError("heartbeat interval must be positive")
+        if self.media_path not in ("auto", "native", "python"):
+            raise ValueError("media_path is auto, native or python")
 
     @property
     def effective_udp_port(self) -> int:

@@ -14,6 +14,7 @@ import socket
 from aiohttp import web
 
 from voxgate.protocol.opcodes import CloseCode
+from voxgate.server import fastpath
 from voxgate.server.auth import TokenAuthority
 from voxgate.server.config import ServerConfig
 from voxgate.server.dave import DaveCounters, DaveGroup
@@ -59,7 +60,6 @@ class VoiceNode:
         self.udp_port = config.effective_udp_port
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         udp = socket.socket(
             socket.AF_INET6 if ":" in self.config.host else socket.AF_INET, socket.SOCK_DGRAM
         )
@@ -70,8 +70,9 @@ class VoiceNode:
         except OSError:
             udp.close()
             raise
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: MediaEndpoint(self.router, self.stats), sock=udp
+        # asyncio's datagram transport, or voxgate._fastpath reading the socket in C.
+        transport, _ = await fastpath.open_media(
+            lambda: MediaEndpoint(self.router, self.stats), udp, self.config.media_path
         )
         self._transport = transport
         self.udp_port = udp.getsockname()[1]

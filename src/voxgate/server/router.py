@@ -94,6 +94,10 @@ def _no_socket(packet: bytes, address: tuple[str, int]) -> None:
     return None
 
 
+def _as_is(session: VoiceSession) -> None:
+    return None
+
+
 def _admit_any(key: ChannelKey) -> str | None:
     return None
 
@@ -116,6 +120,10 @@ class Router:
         self.channels: dict[ChannelKey, Channel] = {}
         #: The media socket's sendto; the node sets it once the socket is bound.
         self.sendto: SendTo = _no_socket
+        #: "native" or "python": the media path (server/fastpath.py), set with the socket.
+        self.media_path = "python"
+        #: Called with each session just described: the native path gives it C state here.
+        self.on_described: Callable[[VoiceSession], None] = _as_is
         #: Asked before a channel opens on this node: None admits it, else the reason it
         #: is hosted elsewhere (a cluster node's placement sets it; closes with 4022).
         self.admit_channel: Callable[[ChannelKey], str | None] = _admit_any
@@ -273,6 +281,7 @@ class Router:
         session.mode = mode
         session.cipher = transport_cipher(mode, secret_key)
         session.replay = replay_window(mode)
+        self.on_described(session)
         reply: list[Message] = [
             SessionDescription(
                 mode=mode.value,

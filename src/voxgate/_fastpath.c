@@ -1,0 +1,924 @@
+/*
+ * voxgate._fastpath: the media plane's hot path in C, for the two modes real clients use.
+ *
+ * Every piece here replaces a piece of Python that stays, runs when this module is absent
+ * (or VOXGATE_NO_EXTENSIONS=1), and is the reference the tests hold this one to, byte for
+ * byte (server/fastpath.py chooses; STYLE.md section 7):
+ *
+ *   Cipher        TransportCipher.open_split / seal_split of aead_aes256_gcm_rtpsize and
+ *                 aead_xchacha20_poly1305_rtpsize (protocol/crypto.py), with the nonce
+ *                 counter; XChaCha20 is HChaCha20 (here) + OpenSSL's ChaCha20-Poly1305.
+ *   ReplayWindow  guard.ReplayWindow over the 32-bit nonce suffix.
+ *   RateLimit     guard.RateLimit.
+ *   Relay.pump    MediaEndpoint.datagram_received + Router.forward for the common case:
+ *                 recvmmsg a batch; for each RTP packet of a described sender whose channel
+ *                 forwards unfiltered to receivers that all have a Cipher here, open, check
+ *                 the replay window and the rate cap, seal for every receiver, and send
+ *                 everything with sendmmsg. Anything else (discovery, keep-alives, RTCP,
+ *                 unknown ssrcs, other modes, a sender that moved, any packet to be dropped,
+ *                 a DAVE-filtered call) is handed back to Python untouched, before any
+ *                 state changed, and Python does what it always does: every drop is counted
+ *                 by the Python code, never here.
+ *
+ * The state (nonce counters, replay windows, token buckets) lives in these objects and the
+ * Python path uses them too while this module is loaded, so a channel can go from one path
+ * to the other packet by packet without reusing a nonce.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define KIND_AES 0
+#define KIND_XCHACHA 1
+#define TAG 16
+#define SUFFIX 4
+#define BATCH 32
+#define RECV_SIZE 65536
+#define MAX_OUT 1024          /* UIO_MAXIOV: datagrams one sendmmsg takes */
+#define ARENA (1 << 20)       /* sealed datagrams waiting for the next sendmmsg */
+#define ROUNDS 8              /* recvmmsg batches per pump() before the loop gets a turn */
+
+static PyObject *DecryptionError, *PacketError;
+static PyObject *s_cipher, *s_replay, *s_rate, *s_muted, *s_channel, *s_forward, *s_members,
+    *s_address, *s_last_media_at, *s_packets_in, *s_packets_out, *s_bytes_in, *s_bytes_out,
+    *s_send_errors;
+
+/* --- HChaCha20 (draft-irtf-cfrg-xchacha section 2.2) ----------------------------------- */
+
+#define ROTL(v, n) (((v) << (n)) | ((v) >> (32 - (n))))
+#define QR(a, b, c, d)                                                          \
+    a += b; d ^= a; d = ROTL(d, 16); c += d; b ^= c; b = ROTL(b, 12);           \
+    a += b; d ^= a; d = ROTL(d, 8); c += d; b ^= c; b = ROTL(b, 7)
+
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void hchacha20(const unsigned char key[32], const unsigned char nonce[16],
+                      unsigned char out[32]) {
+    uint32_t x[16] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
+    for (int i = 0; i < 8; i++) x[4 + i] = le32(key + 4 * i);
+    for (int i = 0; i < 4; i++) x[12 + i] = le32(nonce + 4 * i);
+    for (int i = 0; i < 10; i++) {
+        QR(x[0], x[4], x[8], x[12]);
+        QR(x[1], x[5], x[9], x[13]);
+        QR(x[2], x[6], x[10], x[14]);
+        QR(x[3], x[7], x[11], x[15]);
+        QR(x[0], x[5], x[10], x[15]);
+        QR(x[1], x[6], x[11], x[12]);
+        QR(x[2], x[7], x[8], x[13]);
+        QR(x[3], x[4], x[9], x[14]);
+    }
+    static const int words[8] = {0, 1, 2, 3, 12, 13, 14, 15};
+    for (int i = 0; i < 8; i++) {
+        uint32_t w = x[words[i]];
+        out[4 * i] = (unsigned char)w;
+        out[4 * i + 1] = (unsigned char)(w >> 8);
+        out[4 * i + 2] = (unsigned char)(w >> 16);
+        out[4 * i + 3] = (unsigned char)(w >> 24);
+    }
+}
+
+/* --- Cipher ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    int kind; /* -1 until _native_setup */
+    uint32_t nonce;
+    unsigned char key[32];
+    EVP_CIPHER_CTX *seal_ctx, *open_ctx;
+    PyObject *address; /* the address tuple `sockaddr` was made from, or NULL */
+    struct sockaddr_in sockaddr;
+} CipherObject;
+
+static PyTypeObject CipherType;
+
+/* Key and IV of one packet: the 4-byte counter leads the nonce (12 bytes for AES-GCM, 24
+ * for XChaCha20), zeros fill the rest; for XChaCha20 the subkey is HChaCha20(key, nonce[:16])
+ * and the IETF nonce is 4 zero bytes + nonce[16:24], all zeros here. */
+static const unsigned char *packet_key(CipherObject *c, const unsigned char counter[4],
+                                       unsigned char subkey[32], unsigned char iv[12]) {
+    memset(iv, 0, 12);
+    if (c->kind == KIND_AES) {
+        memcpy(iv, counter, 4);
+        return NULL;
+    }
+    unsigned char head[16] = {0};
+    memcpy(head, counter, 4);
+    hchacha20(c->key, head, subkey);
+    return subkey;
+}
+
+/* ciphertext + tag of `plain` into `out`; 0, or -1 when OpenSSL fails. */
+static int aead_seal(CipherObject *c, const unsigned char *aad, Py_ssize_t aad_len,
+                     const unsigned char *plain, Py_ssize_t plain_len,
+                     const unsigned char counter[4], unsigned char *out) {
+    unsigned char iv[12], subkey[32];
+    const unsigned char *key = packet_key(c, counter, subkey, iv);
+    int n;
+    EVP_CIPHER_CTX *ctx = c->seal_ctx;
+    if (EVP_EncryptInit_ex(ctx, NULL, NULL, key, iv) != 1) return -1;
+    if (aad_len && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) return -1;
+    if (EVP_EncryptUpdate(ctx, out, &n, plain, (int)plain_len) != 1) return -1;
+    if (EVP_EncryptFinal_ex(ctx, out + n, &n) != 1) return -1;
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG, out + plain_len) != 1) return -1;
+    return 0;
+}
+
+/* Opens `sealed` (ciphertext + tag) into `out`; the plaintext length, or -1. */
+static Py_ssize_t aead_open(CipherObject *c, const unsigned char *aad, Py_ssize_t aad_len,
+                            const unsigned char *sealed, Py_ssize_t sealed_len,
+                            const unsigned char counter[4], unsigned char *out) {
+    unsigned char iv[12], subkey[32], tag[TAG];
+    const unsigned char *key = packet_key(c, counter, subkey, iv);
+    Py_ssize_t plain_len = sealed_len - TAG;
+    int n;
+    EVP_CIPHER_CTX *ctx = c->open_ctx;
+    memcpy(tag, sealed + plain_len, TAG);
+    if (EVP_DecryptInit_ex(ctx, NULL, NULL, key, iv) != 1) return -1;
+    if (aad_len && EVP_DecryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) return -1;
+    if (EVP_DecryptUpdate(ctx, out, &n, sealed, (int)plain_len) != 1) return -1;
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, TAG, tag) != 1) return -1;
+    if (EVP_DecryptFinal_ex(ctx, out + n, &n) != 1) return -1;
+    return plain_len;
+}
+
+/* Bytes of an rtpsize packet left in clear (12 + 4*CC, + 4 with an extension), or -1
+ * when it is not RTP or shorter than that: crypto._clear_size. */
+static Py_ssize_t clear_size(const unsigned char *p, Py_ssize_t len) {
+    if (len < 12 || (p[0] >> 6) != 2) return -1;
+    Py_ssize_t size = 12 + 4 * (p[0] & 0x0f) + ((p[0] & 0x10) ? 4 : 0);
+    return len < size ? -1 : size;
+}
+
+enum { OPENED = 0, MALFORMED = 1, NOT_AUTHENTIC = 2 };
+
+/* TransportCipher.open_split's checks, in its order; the plaintext goes to `plain`. */
+static int open_packet(CipherObject *c, const unsigned char *p, Py_ssize_t len,
+                       Py_ssize_t *clear_out, unsigned char *plain, Py_ssize_t *plain_len) {
+    Py_ssize_t clear = clear_size(p, len);
+    if (clear < 0) return MALFORMED;
+    if (len - clear < TAG + SUFFIX) return NOT_AUTHENTIC;
+    Py_ssize_t n = aead_open(c, p, clear, p + clear, len - clear - SUFFIX, p + len - SUFFIX, plain);
+    if (n < 0) return NOT_AUTHENTIC;
+    if (p[0] & 0x10) {
+        Py_ssize_t body = 4 * (((Py_ssize_t)p[clear - 2] << 8) | p[clear - 1]);
+        if (n < body) return MALFORMED;
+    }
+    *clear_out = clear;
+    *plain_len = n;
+    return OPENED;
+}
+
+/* One sealed datagram into `out`: clear header, ciphertext, tag, big-endian counter. */
+static Py_ssize_t seal_packet(CipherObject *c, const unsigned char *clear, Py_ssize_t clear_len,
+                              const unsigned char *plain, Py_ssize_t plain_len,
+                              unsigned char *out) {
+    unsigned char counter[4];
+    uint32_t nonce = c->nonce++;
+    counter[0] = (unsigned char)(nonce >> 24);
+    counter[1] = (unsigned char)(nonce >> 16);
+    counter[2] = (unsigned char)(nonce >> 8);
+    counter[3] = (unsigned char)nonce;
+    memcpy(out, clear, (size_t)clear_len);
+    if (aead_seal(c, clear, clear_len, plain, plain_len, counter, out + clear_len) < 0) return -1;
+    memcpy(out + clear_len + plain_len + TAG, counter, 4);
+    return clear_len + plain_len + TAG + SUFFIX;
+}
+
+static PyObject *Cipher_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    CipherObject *self = (CipherObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->kind = -1;
+    self->seal_ctx = EVP_CIPHER_CTX_new();
+    self->open_ctx = EVP_CIPHER_CTX_new();
+    if (self->seal_ctx == NULL || self->open_ctx == NULL) {
+        Py_DECREF(self);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)self;
+}
+
+static void Cipher_dealloc(CipherObject *self) {
+    /* Instances are of Python subclasses (heap types with a __dict__): subtype_dealloc has
+     * untracked them and drops the type's reference itself. */
+    EVP_CIPHER_CTX_free(self->seal_ctx);
+    EVP_CIPHER_CTX_free(self->open_ctx);
+    OPENSSL_cleanse(self->key, sizeof self->key);
+    Py_CLEAR(self->address);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Cipher_native_setup(CipherObject *self, PyObject *args) {
+    int kind;
+    Py_buffer key;
+    if (!PyArg_ParseTuple(args, "iy*", &kind, &key)) return NULL;
+    if (key.len != 32 || (kind != KIND_AES && kind != KIND_XCHACHA)) {
+        PyBuffer_Release(&key);
+        PyErr_SetString(PyExc_ValueError, "a 32-byte key and kind 0 (AES-GCM) or 1 (XChaCha)");
+        return NULL;
+    }
+    memcpy(self->key, key.buf, 32);
+    PyBuffer_Release(&key);
+    const EVP_CIPHER *cipher = kind == KIND_AES ? EVP_aes_256_gcm() : EVP_chacha20_poly1305();
+    const unsigned char *init_key = kind == KIND_AES ? self->key : NULL;
+    if (EVP_EncryptInit_ex(self->seal_ctx, cipher, NULL, init_key, NULL) != 1 ||
+        EVP_DecryptInit_ex(self->open_ctx, cipher, NULL, init_key, NULL) != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused the cipher");
+        return NULL;
+    }
+    self->kind = kind;
+    Py_RETURN_NONE;
+}
+
+static int cipher_ready(CipherObject *self) {
+    if (self->kind < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "Cipher used before _native_setup");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *Cipher_seal_split(CipherObject *self, PyObject *args) {
+    Py_buffer clear, plain;
+    if (!cipher_ready(self) || !PyArg_ParseTuple(args, "y*y*", &clear, &plain)) return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, clear.len + plain.len + TAG + SUFFIX);
+    if (out != NULL &&
+        seal_packet(self, clear.buf, clear.len, plain.buf, plain.len,
+                    (unsigned char *)PyBytes_AS_STRING(out)) < 0) {
+        Py_CLEAR(out);
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal");
+    }
+    PyBuffer_Release(&clear);
+    PyBuffer_Release(&plain);
+    return out;
+}
+
+static PyObject *Cipher_open_split(CipherObject *self, PyObject *args) {
+    Py_buffer packet;
+    if (!cipher_ready(self) || !PyArg_ParseTuple(args, "y*", &packet)) return NULL;
+    const unsigned char *p = packet.buf;
+    Py_ssize_t len = packet.len, clear = clear_size(p, len), plain_len = 0;
+    PyObject *result = NULL, *plain = NULL;
+    if (clear < 0) {
+        PyErr_SetString(PacketError,
+                        len < 12 || (p[0] >> 6) != 2 ? "not an RTP packet"
+                                                      : "RTP packet shorter than its header");
+        goto done;
+    }
+    if (len - clear < TAG + SUFFIX) {
+        PyErr_SetString(DecryptionError, "packet shorter than tag and nonce");
+        goto done;
+    }
+    plain = PyBytes_FromStringAndSize(NULL, len - clear - SUFFIX - TAG);
+    if (plain == NULL) goto done;
+    int status = open_packet(self, p, len, &clear, (unsigned char *)PyBytes_AS_STRING(plain),
+                             &plain_len);
+    if (status == NOT_AUTHENTIC) {
+        PyErr_SetString(DecryptionError, self->kind == KIND_AES
+                                             ? "AES-GCM authentication failed"
+                                             : "XChaCha20-Poly1305 authentication failed");
+    } else if (status == MALFORMED) {
+        PyErr_SetString(PacketError, "extension body longer than the plaintext");
+    } else {
+        result = Py_BuildValue("(y#O)", p, clear, plain);
+    }
+done:
+    Py_XDECREF(plain);
+    PyBuffer_Release(&packet);
+    return result;
+}
+
+static PyObject *Cipher_get_nonce(CipherObject *self, void *closure) {
+    return PyLong_FromUnsignedLong(self->nonce);
+}
+
+static int Cipher_set_nonce(CipherObject *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "the nonce cannot be deleted");
+        return -1;
+    }
+    unsigned long nonce = PyLong_AsUnsignedLongMask(value);
+    if (nonce == (unsigned long)-1 && PyErr_Occurred()) return -1;
+    self->nonce = (uint32_t)nonce;
+    return 0;
+}
+
+static PyMethodDef Cipher_methods[] = {
+    {"_native_setup", (PyCFunction)Cipher_native_setup, METH_VARARGS,
+     "_native_setup(kind, secret_key): 0 for AES-256-GCM, 1 for XChaCha20-Poly1305."},
+    {"seal_split", (PyCFunction)Cipher_seal_split, METH_VARARGS,
+     "TransportCipher.seal_split: clear + ciphertext + tag + counter; advances the nonce."},
+    {"open_split", (PyCFunction)Cipher_open_split, METH_VARARGS,
+     "TransportCipher.open_split: (clear, plaintext); raises DecryptionError, PacketError."},
+    {NULL}};
+
+static PyGetSetDef Cipher_getset[] = {
+    {"nonce", (getter)Cipher_get_nonce, (setter)Cipher_set_nonce,
+     "The next nonce counter (wraps at 2**32).", NULL},
+    {NULL}};
+
+static PyTypeObject CipherType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "voxgate._fastpath.Cipher",
+    .tp_basicsize = sizeof(CipherObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Seal and open state of one rtpsize AEAD session (a TransportCipher's base).",
+    .tp_new = Cipher_new,
+    .tp_dealloc = (destructor)Cipher_dealloc,
+    .tp_methods = Cipher_methods,
+    .tp_getset = Cipher_getset,
+};
+
+/* The cached sockaddr of `address` (a (host, port) tuple); 0, or -1 when it is not IPv4. */
+static int cipher_sockaddr(CipherObject *c, PyObject *address) {
+    if (c->address == address) return 0;
+    if (!PyTuple_Check(address) || PyTuple_GET_SIZE(address) != 2) return -1;
+    PyObject *host = PyTuple_GET_ITEM(address, 0), *port = PyTuple_GET_ITEM(address, 1);
+    if (!PyUnicode_Check(host) || !PyLong_Check(port)) return -1;
+    const char *text = PyUnicode_AsUTF8(host);
+    long number = PyLong_AsLong(port);
+    if (text == NULL || number < 0 || number > 65535) {
+        PyErr_Clear();
+        return -1;
+    }
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)number)};
+    if (inet_pton(AF_INET, text, &sin.sin_addr) != 1) return -1;
+    c->sockaddr = sin;
+    Py_INCREF(address);
+    Py_XSETREF(c->address, address);
+    return 0;
+}
+
+/* --- ReplayWindow ------------------------------------------------------------------------ */
+
+#define WINDOW_WORDS 16
+
+typedef struct {
+    PyObject_HEAD
+    int size;
+    int started;
+    uint32_t highest;
+    uint64_t bits[WINDOW_WORDS]; /* bit i set: counter (highest - i) seen */
+} ReplayObject;
+
+static PyTypeObject ReplayType;
+
+static int Replay_init(ReplayObject *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"size", NULL};
+    int size = 1024;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", names, &size)) return -1;
+    if (size < 1 || size > 64 * WINDOW_WORDS) {
+        PyErr_SetString(PyExc_ValueError, "size must be 1..1024");
+        return -1;
+    }
+    self->size = size;
+    self->started = 0;
+    memset(self->bits, 0, sizeof self->bits);
+    return 0;
+}
+
+static int bit_of(const ReplayObject *w, uint32_t i) {
+    return (int)((w->bits[i / 64] >> (i % 64)) & 1);
+}
+
+/* guard.ReplayWindow.accept without recording: whether `counter` would be accepted. */
+static int replay_new(const ReplayObject *w, uint32_t counter) {
+    if (!w->started) return 1;
+    uint32_t ahead = counter - w->highest;
+    if (ahead && ahead < 0x80000000u) return 1;
+    uint32_t behind = w->highest - counter;
+    return behind < (uint32_t)w->size && !bit_of(w, behind);
+}
+
+/* guard.ReplayWindow.accept. */
+static int replay_accept(ReplayObject *w, uint32_t counter) {
+    if (!w->started) {
+        w->started = 1;
+        w->highest = counter;
+        memset(w->bits, 0, sizeof w->bits);
+        w->bits[0] = 1;
+        return 1;
+    }
+    uint32_t ahead = counter - w->highest;
+    if (ahead && ahead < 0x80000000u) {
+        if (ahead >= (uint32_t)w->size) {
+            memset(w->bits, 0, sizeof w->bits);
+        } else {
+            int words = (int)(ahead / 64), shift = (int)(ahead % 64);
+            for (int i = WINDOW_WORDS - 1; i >= 0; i--) {
+                int from = i - words;
+                uint64_t v = from >= 0 ? w->bits[from] << shift : 0;
+                if (shift && from - 1 >= 0) v |= w->bits[from - 1] >> (64 - shift);
+                w->bits[i] = v;
+            }
+            /* Keep `size` bits, as the Python window masks with (1 << size) - 1. */
+            for (int i = 0; i < WINDOW_WORDS; i++) {
+                int low = 64 * i;
+                if (low >= w->size) w->bits[i] = 0;
+                else if (w->size - low < 64) w->bits[i] &= (UINT64_C(1) << (w->size - low)) - 1;
+            }
+        }
+        w->bits[0] |= 1;
+        w->highest = counter;
+        return 1;
+    }
+    uint32_t behind = w->highest - counter;
+    if (behind >= (uint32_t)w->size || bit_of(w, behind)) return 0;
+    w->bits[behind / 64] |= UINT64_C(1) << (behind % 64);
+    return 1;
+}
+
+static PyObject *Replay_accept(ReplayObject *self, PyObject *arg) {
+    unsigned long counter = PyLong_AsUnsignedLongMask(arg);
+    if (counter == (unsigned long)-1 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(replay_accept(self, (uint32_t)counter));
+}
+
+static uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static PyObject *Replay_accept_packet(ReplayObject *self, PyObject *arg) {
+    Py_buffer packet;
+    if (PyObject_GetBuffer(arg, &packet, PyBUF_SIMPLE) < 0) return NULL;
+    uint32_t counter = 0;
+    /* _nonce_suffix: int.from_bytes(packet[-4:]) of a shorter packet reads what is there. */
+    const unsigned char *p = packet.buf;
+    Py_ssize_t from = packet.len > 4 ? packet.len - 4 : 0;
+    for (Py_ssize_t i = from; i < packet.len; i++) counter = counter << 8 | p[i];
+    PyBuffer_Release(&packet);
+    return PyBool_FromLong(replay_accept(self, counter));
+}
+
+static PyMethodDef Replay_methods[] = {
+    {"accept", (PyCFunction)Replay_accept, METH_O, "guard.ReplayWindow.accept"},
+    {"accept_packet", (PyCFunction)Replay_accept_packet, METH_O,
+     "guard.ReplayWindow.accept_packet, over the 4-byte nonce suffix"},
+    {NULL}};
+
+static PyMemberDef Replay_members[] = {
+    {"size", T_INT, offsetof(ReplayObject, size), READONLY, "counters behind the newest kept"},
+    {NULL}};
+
+static PyTypeObject ReplayType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "voxgate._fastpath.ReplayWindow",
+    .tp_basicsize = sizeof(ReplayObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "guard.ReplayWindow over the 32-bit nonce suffix of the rtpsize modes.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Replay_init,
+    .tp_methods = Replay_methods,
+    .tp_members = Replay_members,
+};
+
+/* --- RateLimit ----------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    double rate, burst, tokens, last;
+} RateObject;
+
+static PyTypeObject RateType;
+
+static int Rate_init(RateObject *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"rate", "burst", "now", "tokens", NULL};
+    PyObject *tokens = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ddd|O", names, &self->rate, &self->burst,
+                                     &self->last, &tokens))
+        return -1;
+    self->tokens = tokens == Py_None ? self->burst : PyFloat_AsDouble(tokens);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* guard.RateLimit.allow, its arithmetic in its order. */
+static int rate_allow(RateObject *r, double now) {
+    double tokens = r->tokens + (now - r->last) * r->rate;
+    r->last = now;
+    if (tokens >= 1.0) {
+        r->tokens = (tokens < r->burst ? tokens : r->burst) - 1.0;
+        return 1;
+    }
+    r->tokens = tokens < r->burst ? tokens : r->burst;
+    return 0;
+}
+
+static int rate_would_allow(const RateObject *r, double now) {
+    return r->tokens + (now - r->last) * r->rate >= 1.0;
+}
+
+static PyObject *Rate_allow(RateObject *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(rate_allow(self, now));
+}
+
+static PyMethodDef Rate_methods[] = {
+    {"allow", (PyCFunction)Rate_allow, METH_O, "guard.RateLimit.allow"}, {NULL}};
+
+static PyMemberDef Rate_members[] = {
+    {"rate", T_DOUBLE, offsetof(RateObject, rate), 0, "packets a second"},
+    {"burst", T_DOUBLE, offsetof(RateObject, burst), 0, "largest burst"},
+    {"_tokens", T_DOUBLE, offsetof(RateObject, tokens), 0, NULL},
+    {"_last", T_DOUBLE, offsetof(RateObject, last), 0, NULL},
+    {NULL}};
+
+static PyTypeObject RateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "voxgate._fastpath.RateLimit",
+    .tp_basicsize = sizeof(RateObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "guard.RateLimit: a token bucket.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Rate_init,
+    .tp_methods = Rate_methods,
+    .tp_members = Rate_members,
+};
+
+/* --- Relay ------------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    PyObject *by_ssrc;  /* Router.by_ssrc: ssrc -> VoiceSession */
+    PyObject *stats;    /* NodeStats */
+    PyObject *forward;  /* the function Router.forward: a channel whose forward is it */
+    unsigned char *recv_buffers;
+    struct iovec recv_iov[BATCH];
+    struct sockaddr_in recv_from[BATCH];
+    struct mmsghdr recv_msgs[BATCH];
+    unsigned char *arena;
+    Py_ssize_t arena_used;
+    int out_count;
+    struct iovec out_iov[MAX_OUT];
+    struct sockaddr_in out_to[MAX_OUT];
+    struct mmsghdr out_msgs[MAX_OUT];
+    unsigned char plain[RECV_SIZE];
+    CipherObject *receivers[MAX_OUT];
+    PyObject *receiver_sessions[MAX_OUT];
+    unsigned long long packets_in, bytes_in, packets_out, bytes_out, send_errors;
+} RelayObject;
+
+static PyTypeObject RelayType;
+
+static int Relay_init(RelayObject *self, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"fd", "by_ssrc", "stats", "forward", NULL};
+    PyObject *by_ssrc, *stats, *forward;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iO!OO", names, &self->fd, &PyDict_Type,
+                                     &by_ssrc, &stats, &forward))
+        return -1;
+    Py_INCREF(by_ssrc);
+    Py_XSETREF(self->by_ssrc, by_ssrc);
+    Py_INCREF(stats);
+    Py_XSETREF(self->stats, stats);
+    Py_INCREF(forward);
+    Py_XSETREF(self->forward, forward);
+    if (self->recv_buffers == NULL) self->recv_buffers = PyMem_Malloc((size_t)BATCH * RECV_SIZE);
+    if (self->arena == NULL) self->arena = PyMem_Malloc(ARENA);
+    if (self->recv_buffers == NULL || self->arena == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (int i = 0; i < BATCH; i++) {
+        self->recv_iov[i].iov_base = self->recv_buffers + (size_t)i * RECV_SIZE;
+        self->recv_iov[i].iov_len = RECV_SIZE;
+    }
+    return 0;
+}
+
+static void Relay_dealloc(RelayObject *self) {
+    Py_CLEAR(self->by_ssrc);
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->forward);
+    PyMem_Free(self->recv_buffers);
+    PyMem_Free(self->arena);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* sendmmsg everything sealed so far, looping over partial sends; failures are counted. */
+static void flush(RelayObject *self) {
+    int sent = 0;
+    while (sent < self->out_count) {
+        int n = sendmmsg(self->fd, self->out_msgs + sent, (unsigned)(self->out_count - sent), 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                /* Socket buffer full: the Python transport would queue, here they are lost. */
+                self->send_errors += (unsigned long long)(self->out_count - sent);
+                break;
+            }
+            self->send_errors++; /* this one datagram fails (an ICMP error pending): skip it */
+            sent++;
+            continue;
+        }
+        sent += n;
+    }
+    self->out_count = 0;
+    self->arena_used = 0;
+}
+
+static double monotonic_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A new reference to obj.name, or NULL (error cleared) when it has none. */
+static PyObject *attr(PyObject *obj, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) PyErr_Clear();
+    return value;
+}
+
+static int bump(PyObject *obj, PyObject *name, unsigned long long delta) {
+    if (!delta) return 0;
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL) return -1;
+    PyObject *more = PyLong_FromUnsignedLongLong(delta);
+    PyObject *sum = more ? PyNumber_Add(value, more) : NULL;
+    Py_DECREF(value);
+    Py_XDECREF(more);
+    if (sum == NULL) return -1;
+    int status = PyObject_SetAttr(obj, name, sum);
+    Py_DECREF(sum);
+    return status;
+}
+
+enum { RELAYED = 0, HAND_BACK = 1, FAILED = -1 };
+
+/* One datagram: relayed here, or handed back to Python with nothing changed. */
+static int relay_one(RelayObject *self, const unsigned char *p, Py_ssize_t len,
+                     const struct sockaddr_in *from) {
+    /* media.py's first test: RTP, and not RTCP (payload types 200-204). */
+    if (len < 12 || (p[0] >> 6) != 2 || (p[1] >= 200 && p[1] <= 204)) return HAND_BACK;
+    PyObject *key = PyLong_FromUnsignedLong(be32(p + 8));
+    if (key == NULL) return FAILED;
+    PyObject *sender = PyDict_GetItemWithError(self->by_ssrc, key); /* borrowed */
+    Py_DECREF(key);
+    if (sender == NULL) return PyErr_Occurred() ? FAILED : HAND_BACK;
+    Py_INCREF(sender);
+    int result = HAND_BACK, count = 0;
+    PyObject *cipher = NULL, *replay = NULL, *rate = NULL, *muted = NULL, *channel = NULL,
+             *forward = NULL, *address = NULL, *members = NULL;
+    cipher = attr(sender, s_cipher);
+    replay = attr(sender, s_replay);
+    rate = attr(sender, s_rate);
+    if (cipher == NULL || !PyObject_TypeCheck(cipher, &CipherType) ||
+        ((CipherObject *)cipher)->kind < 0 || replay == NULL ||
+        !PyObject_TypeCheck(replay, &ReplayType) || rate == NULL ||
+        !PyObject_TypeCheck(rate, &RateType))
+        goto done;
+    muted = attr(sender, s_muted);
+    if (muted != NULL && PyObject_IsTrue(muted) != 0) { /* server_muted: Python's */
+        PyErr_Clear();
+        goto done;
+    }
+    channel = attr(sender, s_channel);
+    forward = channel ? attr(channel, s_forward) : NULL;
+    /* A channel forwarding through anything but Router.forward (forward_filtered in a DAVE
+     * downgrade, or whatever comes next) is Python's. */
+    if (forward == NULL || !PyMethod_Check(forward) ||
+        PyMethod_GET_FUNCTION(forward) != self->forward)
+        goto done;
+    /* A sender seen at another address is moved by Python (Router.move), then relayed. */
+    address = attr(sender, s_address);
+    CipherObject *own = (CipherObject *)cipher;
+    if (address == NULL || cipher_sockaddr(own, address) < 0 ||
+        own->sockaddr.sin_addr.s_addr != from->sin_addr.s_addr ||
+        own->sockaddr.sin_port != from->sin_port)
+        goto done;
+    members = attr(channel, s_members);
+    if (members == NULL || !PyList_Check(members)) goto done;
+    /* Router.forward's receivers: every other member with a cipher and an address. All
+     * must be ours (one in a legacy mode makes the packet Python's). */
+    Py_ssize_t total_out = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(members); i++) {
+        PyObject *member = PyList_GET_ITEM(members, i);
+        if (member == sender) continue;
+        PyObject *theirs = attr(member, s_cipher);
+        if (theirs == NULL || theirs == Py_None) {
+            Py_XDECREF(theirs);
+            continue;
+        }
+        PyObject *where = attr(member, s_address);
+        int usable = 1;
+        if (where == NULL || where == Py_None) {
+            usable = 0; /* skipped, as Router.forward skips it */
+        } else if (!PyObject_TypeCheck(theirs, &CipherType) ||
+                   ((CipherObject *)theirs)->kind < 0 ||
+                   cipher_sockaddr((CipherObject *)theirs, where) < 0 || count == MAX_OUT) {
+            Py_XDECREF(where);
+            Py_DECREF(theirs);
+            goto done;
+        }
+        Py_XDECREF(where);
+        if (!usable) {
+            Py_DECREF(theirs);
+            continue;
+        }
+        Py_INCREF(member);
+        self->receiver_sessions[count] = member;
+        self->receivers[count++] = (CipherObject *)theirs; /* both owned until done */
+        total_out += len + 8;
+    }
+    if (total_out > ARENA) goto done;
+    Py_ssize_t clear, plain_len;
+    if (open_packet(own, p, len, &clear, self->plain, &plain_len) != OPENED) goto done;
+    uint32_t counter = be32(p + len - 4);
+    double now = monotonic_now();
+    if (!replay_new((ReplayObject *)replay, counter) || !rate_would_allow((RateObject *)rate, now))
+        goto done; /* replayed or rate_limited: Python drops and counts it */
+
+    /* Relayed from here on: the same state changes media.py makes, in its order. */
+    replay_accept((ReplayObject *)replay, counter);
+    rate_allow((RateObject *)rate, now);
+    self->packets_in++;
+    self->bytes_in += (unsigned long long)len;
+    PyObject *stamp = PyFloat_FromDouble(now);
+    if (stamp == NULL || PyObject_SetAttr(sender, s_last_media_at, stamp) < 0) {
+        Py_XDECREF(stamp);
+        result = FAILED;
+        goto done;
+    }
+    Py_DECREF(stamp);
+    if (bump(sender, s_packets_in, 1) < 0) PyErr_Clear(); /* per-member counter, if kept */
+    if (self->out_count + count > MAX_OUT || self->arena_used + total_out > ARENA) flush(self);
+    for (int i = 0; i < count; i++) {
+        CipherObject *receiver = self->receivers[i];
+        unsigned char *out = self->arena + self->arena_used;
+        Py_ssize_t size = seal_packet(receiver, p, clear, self->plain, plain_len, out);
+        if (size < 0) {
+            self->send_errors++;
+            continue;
+        }
+        self->arena_used += size;
+        int slot = self->out_count++;
+        self->out_to[slot] = receiver->sockaddr;
+        self->out_iov[slot].iov_base = out;
+        self->out_iov[slot].iov_len = (size_t)size;
+        struct msghdr *header = &self->out_msgs[slot].msg_hdr;
+        memset(header, 0, sizeof *header);
+        header->msg_name = &self->out_to[slot];
+        header->msg_namelen = sizeof self->out_to[slot];
+        header->msg_iov = &self->out_iov[slot];
+        header->msg_iovlen = 1;
+        self->packets_out++;
+        self->bytes_out += (unsigned long long)size;
+        if (bump(self->receiver_sessions[i], s_packets_out, 1) < 0) PyErr_Clear();
+    }
+    result = RELAYED;
+done:
+    for (int i = 0; i < count; i++) {
+        Py_DECREF(self->receivers[i]);
+        Py_DECREF(self->receiver_sessions[i]);
+    }
+    Py_XDECREF(members);
+    Py_XDECREF(address);
+    Py_XDECREF(forward);
+    Py_XDECREF(channel);
+    Py_XDECREF(muted);
+    Py_XDECREF(rate);
+    Py_XDECREF(replay);
+    Py_XDECREF(cipher);
+    Py_DECREF(sender);
+    return result;
+}
+
+static int add_counters(RelayObject *self) {
+    int status = 0;
+    status |= bump(self->stats, s_packets_in, self->packets_in);
+    status |= bump(self->stats, s_bytes_in, self->bytes_in);
+    status |= bump(self->stats, s_packets_out, self->packets_out);
+    status |= bump(self->stats, s_bytes_out, self->bytes_out);
+    status |= bump(self->stats, s_send_errors, self->send_errors);
+    self->packets_in = self->bytes_in = self->packets_out = self->bytes_out = 0;
+    self->send_errors = 0;
+    return status ? -1 : 0;
+}
+
+static PyObject *Relay_pump(RelayObject *self, PyObject *unused) {
+    if (self->by_ssrc == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Relay not initialised");
+        return NULL;
+    }
+    PyObject *handed = NULL;
+    int failed = 0;
+    for (int round = 0; round < ROUNDS && !failed; round++) {
+        for (int i = 0; i < BATCH; i++) {
+            struct msghdr *header = &self->recv_msgs[i].msg_hdr;
+            memset(header, 0, sizeof *header);
+            header->msg_name = &self->recv_from[i];
+            header->msg_namelen = sizeof self->recv_from[i];
+            header->msg_iov = &self->recv_iov[i];
+            header->msg_iovlen = 1;
+        }
+        int n = recvmmsg(self->fd, self->recv_msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            /* An ICMP error reported on the socket: what error_received counts in Python. */
+            self->send_errors++;
+            continue;
+        }
+        for (int i = 0; i < n; i++) {
+            const unsigned char *p = self->recv_iov[i].iov_base;
+            Py_ssize_t len = (Py_ssize_t)self->recv_msgs[i].msg_len;
+            const struct sockaddr_in *from = &self->recv_from[i];
+            int status = from->sin_family == AF_INET ? relay_one(self, p, len, from) : HAND_BACK;
+            if (status == FAILED) {
+                failed = 1;
+                break;
+            }
+            if (status == RELAYED) continue;
+            char host[INET_ADDRSTRLEN] = "";
+            inet_ntop(AF_INET, &from->sin_addr, host, sizeof host);
+            PyObject *item = Py_BuildValue("(y#(si))", p, len, host, (int)ntohs(from->sin_port));
+            if (item == NULL || (handed == NULL && (handed = PyList_New(0)) == NULL) ||
+                PyList_Append(handed, item) < 0) {
+                Py_XDECREF(item);
+                failed = 1;
+                break;
+            }
+            Py_DECREF(item);
+        }
+        if (n < BATCH) break;
+    }
+    flush(self);
+    if (add_counters(self) < 0 || failed) {
+        Py_XDECREF(handed);
+        return NULL;
+    }
+    if (handed == NULL) Py_RETURN_NONE;
+    return handed;
+}
+
+static PyMethodDef Relay_methods[] = {
+    {"pump", (PyCFunction)Relay_pump, METH_NOARGS,
+     "Read what the socket holds; relay what can be relayed here, add the counters to the "
+     "stats, and return the other datagrams as [(data, (host, port))] (None when none)."},
+    {NULL}};
+
+static PyTypeObject RelayType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "voxgate._fastpath.Relay",
+    .tp_basicsize = sizeof(RelayObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Relay(fd, by_ssrc, stats, forward): the media socket's reader in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Relay_init,
+    .tp_dealloc = (destructor)Relay_dealloc,
+    .tp_methods = Relay_methods,
+};
+
+/* --- module ------------------------------------------------------------------------------ */
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "voxgate._fastpath",
+    "The media plane's hot path in C (see server/fastpath.py).", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    PyObject *errors = PyImport_ImportModule("voxgate.protocol.errors");
+    if (errors == NULL) return NULL;
+    DecryptionError = PyObject_GetAttrString(errors, "DecryptionError");
+    PacketError = PyObject_GetAttrString(errors, "PacketError");
+    Py_DECREF(errors);
+    if (DecryptionError == NULL || PacketError == NULL) return NULL;
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(s_cipher, "cipher");
+    INTERN(s_replay, "replay");
+    INTERN(s_rate, "rate");
+    INTERN(s_muted, "muted");
+    INTERN(s_channel, "channel");
+    INTERN(s_forward, "forward");
+    INTERN(s_members, "members");
+    INTERN(s_address, "address");
+    INTERN(s_last_media_at, "last_media_at");
+    INTERN(s_packets_in, "packets_in");
+    INTERN(s_packets_out, "packets_out");
+    INTERN(s_bytes_in, "bytes_in");
+    INTERN(s_bytes_out, "bytes_out");
+    INTERN(s_send_errors, "send_errors");
+    if (PyType_Ready(&CipherType) < 0 || PyType_Ready(&ReplayType) < 0 ||
+        PyType_Ready(&RateType) < 0 || PyType_Ready(&RelayType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Cipher", (PyObject *)&CipherType) < 0 ||
+        PyModule_AddObjectRef(m, "ReplayWindow", (PyObject *)&ReplayType) < 0 ||
+        PyModule_AddObjectRef(m, "RateLimit", (PyObject *)&RateType) < 0 ||
+        PyModule_AddObjectRef(m, "Relay", (PyObject *)&RelayType) < 0 ||
+        PyModule_AddIntConstant(m, "AES256_GCM", KIND_AES) < 0 ||
+        PyModule_AddIntConstant(m, "XCHACHA20_POLY1305", KIND_XCHACHA) < 0 ||
+        PyModule_AddIntConstant(m, "BATCH", BATCH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

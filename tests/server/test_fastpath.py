@@ -1,0 +1,324 @@
+"""The native media path (voxgate._fastpath) against the Python one it replaces.
+
+Both paths run the same node state on real loopback sockets, with no event loop: the
+Python path is :meth:`MediaEndpoint.datagram_received` fed what the server socket read, the
+native one ``Relay.pump`` reading that socket itself (handing back what it does not relay).
+Given the same keys and nonce counters, every receiver must get the same datagram, byte
+for byte, whatever the sender's and the receivers' modes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import select
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from voxgate.protocol import crypto, discovery
+from voxgate.protocol.crypto import transport_cipher
+from voxgate.protocol.dave import is_dave_frame
+from voxgate.protocol.errors import DecryptionError, PacketError
+from voxgate.protocol.opcodes import EncryptionMode
+from voxgate.protocol.rtp import RtpHeader
+from voxgate.server import fastpath
+from voxgate.server.auth import TokenAuthority
+from voxgate.server.config import ServerConfig
+from voxgate.server.guard import RateLimit, ReplayWindow, replay_window
+from voxgate.server.media import MediaEndpoint
+from voxgate.server.router import Channel, Router
+from voxgate.server.session import VoiceSession
+from voxgate.server.stats import NodeStats
+
+pytestmark = pytest.mark.skipif(fastpath.native is None, reason=fastpath.why_python)
+
+MODES = list(EncryptionMode)
+AES = EncryptionMode.AEAD_AES256_GCM_RTPSIZE
+XCHACHA = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE
+
+
+def _udp() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
+def _wait(sock: socket.socket, timeout: float = 2.0) -> bool:
+    return bool(select.select([sock], [], [], timeout)[0])
+
+
+@dataclass
+class Member:
+    mode: EncryptionMode
+    key: bytes
+    nonce: int
+    dave: int = 0
+
+
+class Node:
+    """A router with one channel, its media socket, and a socket per member."""
+
+    def __init__(self, path: str, members: list[Member]) -> None:
+        self.path = path
+        self.stats = NodeStats()
+        authority = TokenAuthority(b"k" * 32)
+        self.router = Router(ServerConfig(media_path=path), authority, self.stats)
+        self.endpoint = MediaEndpoint(self.router, self.stats)
+        self.handed_back = 0
+        received = self.endpoint.datagram_received
+
+        def counted(data: bytes, addr: tuple[str, int]) -> None:
+            self.handed_back += 1
+            received(data, addr)
+
+        self.receive = counted
+        self.server = _udp()
+        self.router.sendto = self.server.sendto
+        channel = Channel(("g", "c"), self.router.forward)
+        self.router.channels["g", "c"] = channel
+        self.sockets: list[socket.socket] = []
+        self.sessions: list[VoiceSession] = []
+        for index, member in enumerate(members):
+            _, grant = authority.mint("g", "c", f"u{index}")
+            session = VoiceSession(grant, "token", index + 1, channel, packet_rate_cap=1e9)
+            session.mode = member.mode
+            session.cipher = transport_cipher(member.mode, member.key, nonce=member.nonce)
+            session.replay = replay_window(member.mode)
+            session.dave_protocol_version = member.dave
+            if path == "native":
+                fastpath.describe(session)
+            sock = _udp()
+            self.sockets.append(sock)
+            session.address = sock.getsockname()
+            self.router.by_ssrc[session.ssrc] = session
+            self.router.by_address[session.address] = session
+            channel.members.append(session)
+            self.sessions.append(session)
+        self.relay = None
+        if path == "native":
+            assert fastpath.native is not None
+            self.relay = fastpath.native.Relay(
+                self.server.fileno(), self.router.by_ssrc, self.stats, Router.forward
+            )
+
+    def deliver(self, datagram: bytes, sender: int = 0) -> None:
+        """``datagram`` from member ``sender``'s socket, through the node."""
+        self.sockets[sender].sendto(datagram, self.server.getsockname())
+        assert _wait(self.server)
+        if self.relay is not None:
+            for data, addr in self.relay.pump() or ():
+                self.receive(data, addr)
+        else:
+            data, addr = self.server.recvfrom(65536)
+            self.receive(data, addr)
+
+    def received(self, index: int) -> list[bytes]:
+        sock = self.sockets[index]
+        out = []
+        while _wait(sock, 0.05 if out else 0.3):
+            out.append(sock.recv(65536))
+        return out
+
+    def close(self) -> None:
+        for sock in [self.server, *self.sockets]:
+            sock.close()
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    made: list[Node] = []
+    yield made
+    for node in made:
+        node.close()
+
+
+def _urandom_counter() -> object:
+    """A deterministic os.urandom, so xsalsa20_poly1305_suffix's nonces repeat per path."""
+    counter = itertools.count()
+
+    def urandom(size: int) -> bytes:
+        return next(counter).to_bytes(size, "big")
+
+    return urandom
+
+
+def _packet(
+    mode: EncryptionMode,
+    key: bytes,
+    nonce: int,
+    payload: bytes,
+    csrcs: int,
+    extension: bytes | None,
+    sequence: int,
+) -> bytes:
+    header = RtpHeader(
+        sequence=sequence, timestamp=sequence * 960, ssrc=1, csrcs=tuple(range(1, csrcs + 1))
+    ).build()
+    if extension is not None:
+        words = len(extension) // 4
+        header = bytes([header[0] | 0x10]) + header[1:] + b"\xbe\xde" + words.to_bytes(2, "big")
+        header += extension
+    return transport_cipher(mode, key, nonce=nonce).seal(header, payload)
+
+
+PAIRS = list(itertools.product(MODES, MODES))
+
+
+@pytest.mark.parametrize(
+    ("sender_mode", "receiver_mode"), PAIRS, ids=[f"{s.value}->{r.value}" for s, r in PAIRS]
+)
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    nonces=st.lists(st.integers(0, 2**32 - 1) | st.just(2**32 - 1), min_size=3, max_size=3),
+    payload=st.binary(min_size=0, max_size=300),
+    csrcs=st.integers(0, 2),
+    extension=st.none() | st.binary(min_size=0, max_size=3).map(lambda b: b"\x10" * 4 * len(b)),
+    third=st.sampled_from(MODES),
+)
+def test_both_paths_emit_identical_datagrams(
+    monkeypatch: pytest.MonkeyPatch,
+    sender_mode: EncryptionMode,
+    receiver_mode: EncryptionMode,
+    nonces: list[int],
+    payload: bytes,
+    csrcs: int,
+    extension: bytes | None,
+    third: EncryptionMode,
+) -> None:
+    keys = [os.urandom(32) for _ in range(3)]
+    members = [
+        Member(sender_mode, keys[0], nonces[0]),
+        Member(receiver_mode, keys[1], nonces[1]),
+        Member(third, keys[2], nonces[2]),
+    ]
+    datagram = _packet(sender_mode, keys[0], 7, payload, csrcs, extension, 100)
+    outputs = {}
+    for path in ("python", "native"):
+        monkeypatch.setattr(crypto.os, "urandom", _urandom_counter())
+        node = Node(path, members)
+        try:
+            node.deliver(datagram)
+            outputs[path] = ([node.received(1), node.received(2)], node.stats.counters())
+            nonces_after = [s.cipher.nonce for s in node.sessions]  # type: ignore[union-attr]
+            outputs[path + "-nonces"] = nonces_after  # type: ignore[assignment]
+            if path == "native" and {sender_mode, receiver_mode, third} <= fastpath.NATIVE_MODES:
+                assert node.handed_back == 0, "an rtpsize AEAD call is relayed in C"
+        finally:
+            node.close()
+    python, native = outputs["python"], outputs["native"]
+    assert [len(got) for got in python[0]] == [1, 1]
+    assert native[0] == python[0]
+    assert native[1] == python[1]
+    assert outputs["native-nonces"] == outputs["python-nonces"]
+    # And what came out is the packet, as each receiver opens it.
+    for got, member in zip(native[0], members[1:], strict=True):
+        _, opened = transport_cipher(member.mode, member.key).open(got[0])
+        assert opened == payload
+
+
+@pytest.mark.parametrize("mode", sorted(fastpath.NATIVE_MODES))
+def test_native_cipher_opens_and_seals_as_the_python_one(mode: EncryptionMode) -> None:
+    key = os.urandom(32)
+    python, native = (
+        transport_cipher(mode, key, nonce=2**32 - 2),
+        fastpath._CIPHERS[mode](key, nonce=2**32 - 2),
+    )
+    assert isinstance(native, type(python))
+    header = RtpHeader(sequence=1, timestamp=2, ssrc=3).build()
+    for _ in range(3):  # across the counter's wrap
+        clear, plaintext = python.split(header, b"opus")
+        sealed = python.seal_split(clear, plaintext)
+        assert native.seal_split(clear, plaintext) == sealed
+        assert native.open_split(sealed) == python.open_split(sealed)
+        assert native.open(sealed) == python.open(sealed)
+    assert native.nonce == python.nonce == 1
+    tampered = bytearray(sealed)
+    tampered[-6] ^= 1
+    for cipher in (python, native):
+        with pytest.raises(DecryptionError):
+            cipher.open_split(bytes(tampered))
+        with pytest.raises(DecryptionError):
+            cipher.open_split(header)
+        with pytest.raises(PacketError):
+            cipher.open_split(b"\x8f" + bytes(20))
+        with pytest.raises(PacketError):
+            cipher.open_split(b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1) | st.integers(0, 3000), max_size=60))
+def test_native_replay_window_accepts_what_the_python_one_does(counters: list[int]) -> None:
+    assert fastpath.native is not None
+    python, native = ReplayWindow(), fastpath.native.ReplayWindow()
+    for counter in counters:
+        assert native.accept(counter) == python.accept(counter)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0, 0.05), max_size=60))
+def test_native_rate_limit_allows_what_the_python_one_does(steps: list[float]) -> None:
+    assert fastpath.native is not None
+    python, native = RateLimit(50, 5, 0.0), fastpath.native.RateLimit(50, 5, 0.0)
+    now = 0.0
+    for step in steps:
+        now += step
+        assert native.allow(now) == python.allow(now)
+
+
+def test_native_path_hands_back_what_it_does_not_relay(nodes: list[Node]) -> None:
+    key = os.urandom(32)
+    node = Node("native", [Member(AES, key, 0), Member(XCHACHA, os.urandom(32), 0)])
+    nodes.append(node)
+    good = _packet(AES, key, 1, b"audio", 0, None, 1)
+    node.deliver(good)
+    assert node.handed_back == 0
+    assert node.stats.packets_out == 1 and node.sessions[1].packets_out == 1
+    node.deliver(good)  # a replay: Python drops and counts it
+    forged = bytearray(_packet(AES, key, 2, b"audio", 0, None, 2))
+    forged[-5] ^= 1
+    node.deliver(bytes(forged))
+    node.deliver(discovery.build_request(424242))  # of nobody
+    assert node.handed_back == 3
+    assert node.stats.dropped["replayed"] == 1
+    assert node.stats.dropped["decrypt_failed"] == 1
+    assert node.stats.dropped["discovery_refused"] == 1
+    assert node.stats.packets_in == 4
+    assert len(node.received(1)) == 1
+
+
+def test_downgraded_call_keeps_dave_frames_from_members_without_dave(nodes: list[Node]) -> None:
+    """A channel forwarding through forward_filtered (a DAVE downgrade) is relayed by
+    Python, which withholds DAVE frames from the member that has no DAVE."""
+    keys = [os.urandom(32) for _ in range(3)]
+    node = Node(
+        "native",
+        [Member(AES, keys[0], 0, 1), Member(AES, keys[1], 0, 1), Member(AES, keys[2], 0, 0)],
+    )
+    nodes.append(node)
+    channel = node.router.channels["g", "c"]
+    channel.forward = node.router.forward_filtered
+    channel.dave_receivers = node.sessions[:2]
+    dave_frame = _a_dave_frame()
+    assert is_dave_frame(dave_frame)
+    node.deliver(_packet(AES, keys[0], 1, dave_frame, 0, None, 1))
+    assert node.handed_back == 1
+    assert len(node.received(1)) == 1
+    assert node.received(2) == []
+    assert node.stats.dave_frames_withheld == 1
+
+
+def _a_dave_frame() -> bytes:
+    """The smallest DAVE frame: 8-byte tag, ULEB128 nonce 0, no ranges, size, magic."""
+    body = os.urandom(20)
+    trailer = bytes(8) + b"\x00"
+    return body + trailer + bytes([len(trailer) + 3]) + b"\xfa\xfa"
