@@ -234,13 +234,12 @@ async def test_three_members_one_leaves_another_joins_audio_goes_on_codes_agree(
     assert first_code in _codes(js) and first_code in _codes(dpy)
     assert left_code in _codes(js)
     assert last_code in _codes(js) and last_code in _codes(late)
-    # The audio went on through both changes: the member there all along heard it all, in
-    # order and intact, but for a frame or two at each change (davey senders switch to the
-    # new epoch's key as soon as they processed the commit, and a receiver that processes
-    # it a moment later cannot open those frames: it drops them, counted)...
+    # The audio went on through both changes: the member there all along heard all of it,
+    # in order and intact (the voxgate sender holds its frames from the commit to op 22,
+    # so no receiver gets a frame under a key it does not have yet)...
     heard = _without_silence(_received(js, speaker_id))
     assert _span(heard, sent)[:2] == (0, len(sent) - 1), js.report()
-    assert _span(heard, sent)[2] <= 4, js.report()
+    assert _span(heard, sent)[2] == 0, js.report()
     # ...the one that left heard the start, the one that joined the rest.
     early = _without_silence(_received(dpy, speaker_id))
     assert _span(early, sent)[0] < 25 and _span(early, sent)[2] <= 2, dpy.report()
@@ -345,7 +344,7 @@ async def test_a_client_without_dave_downgrades_the_call_and_its_leaving_upgrade
         ("tap", tap_heard.opus_of(speaker_id)),
     ):
         first, last, missing = _span(_without_silence(packets), speaker_sent)
-        assert (first, last) == (0, len(speaker_sent) - 1) and missing <= 6, (name, missing)
+        assert (first, last) == (0, len(speaker_sent) - 1) and missing <= 2, (name, missing)
     assert tap_connection.dave.frames_dropped_unencrypted == 0
     assert tap_connection.dave.frames_plain > 0  # taken in the clear while downgraded
 

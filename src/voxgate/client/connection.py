@@ -58,6 +58,9 @@ from voxgate.protocol.rtp import build_keepalive
 log = logging.getLogger(__name__)
 
 KEEPALIVE_INTERVAL_S = 5.0
+#: Frames (20 ms each) kept back at most while a DAVE transition executes, see
+#: :meth:`VoiceConnection._hold`: its op 22 comes once every member processed the commit.
+MAX_HELD_FRAMES = 10
 DISCOVERY_TIMEOUT_S = 2.0
 DISCOVERY_ATTEMPTS = 3
 #: How long to keep trying to get the session back (resume, then a new session) before
@@ -202,6 +205,10 @@ class VoiceConnection:
         self._events: asyncio.Queue[VoiceEvent] = asyncio.Queue()
         self._listeners: list[PacketListener] = []
         self._wire_listeners: list[PacketListener] = []
+        self._held: list[tuple[bytes, int]] = []
+        self._hold_given_up: int | None = None
+        #: Frames kept back during a DAVE transition, and sent at its op 22.
+        self.frames_held = 0
         self._ready = asyncio.Event()
         #: Set while the call is end-to-end encrypted for us (DAVE's group is ready).
         self._encrypted = asyncio.Event()
@@ -373,10 +380,44 @@ class VoiceConnection:
 
         While the session is being re-established the frame is dropped (counted in
         ``frames_dropped``) and False returned, so a player keeps its pace through the gap.
-        Raises :class:`VoiceConnectionError` once the connection is closed.
+        Between a DAVE commit and its execution (op 29/30 to op 22) frames are held, up to
+        :data:`MAX_HELD_FRAMES`, and sent when the transition executes: see
+        :meth:`_hold`. Raises :class:`VoiceConnectionError` once the connection is closed.
         """
         if self.closed.is_set():
             raise VoiceConnectionError("the connection is closed")
+        if self._cipher is None or self._media is None or self.gateway.ready is None:
+            self.frames_dropped += 1
+            return False
+        if self._hold(opus, samples):
+            return True
+        return self._send_now(opus, samples)
+
+    def _hold(self, opus: bytes, samples: int) -> bool:
+        """Keep the frame back while a DAVE transition that changes our key is pending.
+
+        davey 0.1 encrypts with the new epoch's key as soon as it processed the commit,
+        where libdave (Discord's own clients) waits for op 22; members that process the
+        commit a moment later could not open those frames. So they wait here until op 22
+        (or until :data:`MAX_HELD_FRAMES` are waiting: the others are slow, send anyway).
+        """
+        transition = self.gateway.dave.awaiting_execute
+        if transition is None or transition == self._hold_given_up:
+            self._flush_held()
+            return False
+        self._held.append((opus, samples))
+        self.frames_held += 1
+        if len(self._held) >= MAX_HELD_FRAMES:
+            self._hold_given_up = transition
+            self._flush_held()
+        return True
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for opus, samples in held:
+            self._send_now(opus, samples)
+
+    def _send_now(self, opus: bytes, samples: int) -> bool:
         cipher, media, ready = self._cipher, self._media, self.gateway.ready
         if cipher is None or media is None or media.transport is None or ready is None:
             self.frames_dropped += 1
@@ -554,6 +595,8 @@ class VoiceConnection:
                 for frame in self.gateway.frames_to_send():
                     await self._send(frame)  # DAVE's answers, before anything else happens
                 await self._handle(server_message, replayed)
+                if self._held and self.gateway.dave.awaiting_execute is None:
+                    self._flush_held()  # op 22: the new key is everyone's now
                 if self.gateway.dave.ready:
                     self._encrypted.set()
                 else:

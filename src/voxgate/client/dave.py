@@ -94,6 +94,9 @@ class DaveMember:
         #: transition_id -> protocol_version, prepared (op 21) or committed (op 29/30).
         self.pending_transitions: dict[int, int] = {}
         self.last_transition_id: int | None = None
+        #: The transition whose commit or welcome we processed (so davey now encrypts with
+        #: the new key) and that has not executed yet (op 22).
+        self.awaiting_execute: int | None = None
         #: The other members the server named (op 11 in, op 13 out): the only users whose
         #: Add proposals are accepted (davey's ``expected_user_ids``, DAVE.md §2).
         self.connected_users: set[str] = set()
@@ -275,10 +278,12 @@ class DaveMember:
             self.last_transition_id = 0
             return []
         self.pending_transitions[transition_id] = self.protocol_version
+        self.awaiting_execute = transition_id
         return [DaveTransitionReady(transition_id=transition_id)]
 
     def _reinit(self) -> list[ClientMessage]:
         """A fresh session for the version in force, with its key package (op 26)."""
+        self.awaiting_execute = None
         if self.protocol_version > 0:
             user, channel = int(self.user_id), int(self.channel_id)
             if self._session is None:
@@ -292,6 +297,8 @@ class DaveMember:
         return []
 
     def _execute_transition(self, transition_id: int) -> None:
+        if transition_id == self.awaiting_execute:
+            self.awaiting_execute = None
         version = self.pending_transitions.pop(transition_id, None)
         if version is None:
             log.debug("DAVE execute transition %d, which was never prepared", transition_id)
