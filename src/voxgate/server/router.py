@@ -52,6 +52,7 @@ from voxgate.server.dave import (
     Close,
     DaveCounters,
     DaveGroup,
+    Event,
     Joined,
     Left,
     Output,
@@ -276,7 +277,7 @@ class Router:
             capable = _dave_refusal(
                 session.max_dave_protocol_version, session.user_id, session.channel_id
             )
-            dave_outputs = group.handle(Joined(session.user_id, capable is None), now)
+            dave_outputs = self._dave(channel, Joined(session.user_id, capable is None), now)
             session.dave_protocol_version = group.description_version(session.user_id)
         session.mode = mode
         session.cipher = transport_cipher(mode, secret_key)
@@ -399,7 +400,7 @@ class Router:
         if channel.dave is not None and channel.members:
             # After op 13: a client recognises Adds only of users op 11 named and op 13
             # did not take back (DAVE.md §2), and revokes follow the leave (§4.4).
-            self._apply_dave(channel, channel.dave.handle(Left(session.user_id), monotonic()))
+            self._apply_dave(channel, self._dave(channel, Left(session.user_id), monotonic()))
 
     # --- DAVE --------------------------------------------------------------------------
 
@@ -411,16 +412,16 @@ class Router:
     ) -> None:
         """A member's op 23, 26, 28 or 31: its channel's group machine decides; without
         one (``--dave off``, or a channel id DAVE cannot name) it is ignored."""
-        group = session.channel.dave
-        if group is not None:
-            self._apply_dave(session.channel, group.handle(Received(session.user_id, message), now))
+        if session.channel.dave is not None:
+            event = Received(session.user_id, message)
+            self._apply_dave(session.channel, self._dave(session.channel, event, now))
 
     def dave_timer(self, channel: Channel, now: float) -> None:
         group = channel.dave
         if group is not None:
             due = group.next_timer()
             if due is not None and now >= due:
-                self._apply_dave(channel, group.on_timer(now))
+                self._apply_dave(channel, self._dave(channel, None, now))
 
     def dave_groups(self) -> list[tuple[ChannelKey, DaveGroup]]:
         return [(key, ch.dave) for key, ch in self.channels.items() if ch.dave is not None]
@@ -436,6 +437,21 @@ class Router:
                 group = DaveGroup(channel_id, self.external_sender, self.dave_counters)
             channel = self.channels[key] = Channel(key, self.forward, group)
         return channel
+
+    def _dave(self, channel: Channel, event: Event | None, now: float) -> list[Output]:
+        """``channel``'s group machine on ``event`` (None: its timer). A bug in it costs
+        that one event (logged and counted), never the gateway or the other members."""
+        group = channel.dave
+        assert group is not None
+        try:
+            return group.on_timer(now) if event is None else group.handle(event, now)
+        except Exception:
+            log.exception("DAVE group of channel %s failed on %r", channel.key, event)
+            self.dave_counters.ignored["internal_error"] += 1
+            if event is None:
+                # Its deadlines would fire again at once, forever: they are given up.
+                group.transitions.clear()
+            return []
 
     def _apply_dave(self, channel: Channel, outputs: list[Output]) -> None:
         """Send what the group machine returned, then say how the relay treats the call."""
