@@ -5,29 +5,72 @@ error, and a real discord.py bot logged in beside them stays connected and keeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import discord
 import pytest
+import pytest_asyncio
+import yarl
 
 from tests.sandbox.conftest import DpyBot, RawGateway
 from voxgate.sandbox.app import Sandbox
 
-DpyBots = Callable[..., Awaitable[DpyBot]]
 RawGateways = Callable[..., Awaitable[RawGateway]]
 
 IDENTIFY = "identify first"
 
 
-@pytest.fixture
-async def bystander(sandbox: Sandbox, dpy_bots: DpyBots) -> DpyBot:
+# One sandbox and one bystander for the whole module (a discord.py login per case would
+# be most of the time spent); each case uses connections of its own.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+_said = itertools.count()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def sandbox(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sandbox]:
+    running = await Sandbox.start(tmp_path_factory.mktemp("hostile"), heartbeat_interval_ms=5000)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bystander(sandbox: Sandbox) -> AsyncIterator[DpyBot]:
     """A real discord.py bot (the second one) that must not notice anything."""
+    route_base = discord.http.Route.BASE
+    default_gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    discord.http.Route.BASE = sandbox.api_url + "/v10"
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(sandbox.gateway_url)
     intents = discord.Intents.default()
     intents.message_content = True
-    return await dpy_bots(1, intents)
+    bot = DpyBot(sandbox, 1, intents)
+    try:
+        yield await bot.start()
+    finally:
+        await bot.close()
+        discord.http.Route.BASE = route_base
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = default_gateway
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def raw_gateways(sandbox: Sandbox) -> AsyncIterator[RawGateways]:
+    opened: list[RawGateway] = []
+
+    async def open_(**query: str) -> RawGateway:
+        gateway = await RawGateway.connect(sandbox.gateway_url, **query)
+        opened.append(gateway)
+        return gateway
+
+    yield open_
+    for gateway in opened:
+        with contextlib.suppress(Exception):
+            await gateway.close()
 
 
 async def still_working(sandbox: Sandbox, bot: DpyBot) -> None:
@@ -37,10 +80,9 @@ async def still_working(sandbox: Sandbox, bot: DpyBot) -> None:
     (session,) = sandbox.gateway.sessions_of(bot.client.user.id)
     assert session.socket is not None
     user = sandbox.create_user(f"u{len(sandbox.model.users)}")
-    await sandbox.send_message(user.id, sandbox.text_channel_id, "still there?")
-    await bot.wait(
-        lambda: [a for n, a in bot.events if n == "message" and a[0].content == "still there?"]
-    )
+    said = f"still there? {next(_said)}"
+    await sandbox.send_message(user.id, sandbox.text_channel_id, said)
+    await bot.wait(lambda: [a for n, a in bot.events if n == "message" and a[0].content == said])
     channel = bot.client.get_channel(sandbox.text_channel_id)
     assert isinstance(channel, discord.TextChannel)
     sent = await channel.send("yes")
@@ -242,6 +284,7 @@ async def test_hostile_rest_input_gets_a_json_error_and_others_keep_working(
         + path.format(text=sandbox.info["text_channel_id"], app=bot["application_id"])
     )
     headers = {"Authorization": f"Bot {bot['token']}", "Content-Type": "application/json"}
+    before = len(sandbox.messages(sandbox.text_channel_id))
     async with (
         aiohttp.ClientSession() as http,
         http.request(method, url, data=body, headers=headers) as response,
@@ -250,7 +293,7 @@ async def test_hostile_rest_input_gets_a_json_error_and_others_keep_working(
         assert response.headers["Content-Type"] == "application/json"
         error = await response.json()
     assert error["code"] == code and error["message"]
-    assert sandbox.messages(sandbox.text_channel_id) == []
+    assert len(sandbox.messages(sandbox.text_channel_id)) == before
     await still_working(sandbox, bystander)
 
 
