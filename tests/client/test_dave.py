@@ -398,3 +398,22 @@ def test_a_padded_dave_frame_opens_once_its_padding_is_gone() -> None:
     padded = frame + b"\x00\x00\x00\x04"
     assert not is_dave_frame(padded)
     assert b.dave.decrypt(a.user_id, strip_padding(padded) or b"") == OPUS
+
+
+def test_a_processed_commit_awaits_its_execution_before_the_new_key_is_everyones() -> None:
+    gateway, a, b = Gateway(), Member("13001"), Member("13002")
+    gateway.connect(a, [])
+    gateway.connect(b, [a])
+    commit_welcome = gateway.propose(a, [gateway.add(b)])
+    assert commit_welcome is not None
+    commit, welcome = mls.split_commit_welcome(commit_welcome)
+    assert welcome is not None
+    a.send(MlsAnnounceCommitTransition(transition_id=7, commit=commit.raw))
+    b.send(MlsWelcome(transition_id=7, welcome=welcome.raw))
+    # Both encrypt with the new key already (davey 0.1): the connection holds frames until...
+    assert (a.dave.awaiting_execute, b.dave.awaiting_execute) == (7, 7)
+    for member in (a, b):
+        member.send(DaveExecuteTransition(transition_id=7))
+    # ...op 22, which says every member has the key.
+    assert (a.dave.awaiting_execute, b.dave.awaiting_execute) == (None, None)
+    assert a.dave.transitions_executed == 1

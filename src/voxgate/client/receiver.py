@@ -1,6 +1,8 @@
 """Receiving: per-speaker reorder buffers, Opus decoding, and sinks (WAV per user, a mix).
 
-Packets arrive opened by the connection. Per ssrc, a :class:`ReorderBuffer` puts them back
+Packets arrive opened by the connection: transport decryption, RTP padding removed, and in
+a DAVE call the frame opened with its sender's key (ssrc -> user from op 5), so what is
+kept and decoded here is always Opus, per user. Per ssrc, a :class:`ReorderBuffer` puts them back
 in sequence order, holding a few packets to let late ones in; a packet that has not come
 by then is declared lost. Each speaker's audio is placed on a timeline by its RTP
 timestamps (so pauses stay pauses) and offset by when the speaker's first packet arrived
