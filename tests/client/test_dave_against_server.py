@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+import struct
 
 import pytest
 
 from voxgate.client import VoiceConnection, VoiceConnectionError
 from voxgate.client.dave import DaveState
+from voxgate.client.receiver import AudioReceiver
+from voxgate.protocol.dave import is_dave_frame
 
 
 async def _connect(server, guild: str, channel: str, user: str, **kwargs) -> VoiceConnection:
@@ -39,3 +43,35 @@ async def test_without_dave_on_a_server_with_dave_off_nothing_changes(start_voxg
     async with connection:
         assert connection.dave.state is DaveState.INACTIVE
         assert connection.dave.privacy_code is None
+
+
+async def test_a_padded_dave_frame_is_opened_once_its_padding_is_removed(
+    voxgate_server, ids
+) -> None:
+    # Discord's clients pad some packets (RTP P bit): the padding hides the DAVE trailer
+    # unless it is removed first (py-cord #3202, Discord.Net #3262).
+    guild, channel, alice, bob = ids(), ids(), ids(), ids()
+    listener = await _connect(voxgate_server, guild, channel, bob)
+    speaker = await _connect(voxgate_server, guild, channel, alice)
+    async with listener, speaker:
+        assert await speaker.until_encrypted() and await listener.until_encrypted()
+        heard = AudioReceiver(listener, decode=False)
+        await speaker.set_speaking(True)
+        async with asyncio.timeout(5):
+            while listener.user_of(speaker.ssrc) is None:
+                await asyncio.sleep(0.01)
+        opus = bytes(range(1, 61))
+        frames = [speaker.dave.encrypt(opus) for _ in range(3)]
+        assert all(frame is not None and is_dave_frame(frame) for frame in frames)
+        for sequence, frame in enumerate(frames):
+            assert frame is not None
+            padding = bytes(sequence) + bytes([sequence + 1])  # 1, 2 and 3 bytes
+            header = struct.pack(">BBHII", 0xA0, 0x78, sequence, sequence * 960, speaker.ssrc)
+            assert speaker._cipher is not None and speaker.media_transport is not None
+            speaker.media_transport.sendto(speaker._cipher.seal(header, frame + padding))
+        async with asyncio.timeout(5):
+            while len(heard.opus_of(alice)) < 3:
+                await asyncio.sleep(0.01)
+        heard.close()
+        assert heard.opus_of(alice) == [opus] * 3
+        assert listener.dave.frames_decrypted == 3
