@@ -132,6 +132,9 @@ class Router:
         self.external_sender = None if config.dave is DavePolicy.OFF else mls.ExternalSender()
         #: DAVE counters of every channel the node has had, for /metrics.
         self.dave_counters = DaveCounters()
+        #: Sessions an operator disconnected or whose call it ended, until their tokens
+        #: expire: a client that comes back with the same session is refused (4014).
+        self.removed: dict[str, float] = {}
 
     # --- gateway -------------------------------------------------------------------------
 
@@ -168,6 +171,10 @@ class Router:
                 # As Discord since March 2026 (DAVE.md §1): before the session opens.
                 connection.close(CloseCode.E2EE_REQUIRED, refusal)
                 return
+        if self.removed and self._removed_by_operator(grant.session_id):
+            # Its token is still valid, but an operator took it out of the call.
+            connection.close(CloseCode.DISCONNECTED, "disconnected by an operator")
+            return
         existing = self.sessions.get(grant.session_id)
         if existing is not None:
             if existing.connection is not None:
@@ -336,6 +343,7 @@ class Router:
 
     def disconnect(self, session: VoiceSession, reason: str = "disconnected by an operator") -> None:  # noqa: E501
         """End ``session`` as Discord does when a member is kicked from the call (4014)."""
+        self._remove(session)
         self.leave(session, "disconnected by an operator", close=CloseCode.DISCONNECTED,
                    reason=reason)  # fmt: skip
 
@@ -343,10 +351,26 @@ class Router:
         """Close every member of channel ``key`` with 4022; returns how many there were."""
         channel = self.channels.get(key)
         members = list(channel.members) if channel is not None else []
+        # Every WebSocket closed first: a member told of the others leaving (op 13, DAVE
+        # proposals) would answer into a closing socket, miss the close code and resume.
         for member in members:
-            self.leave(member, "call ended by an operator", close=CloseCode.CALL_TERMINATED,
-                       reason=reason)  # fmt: skip
+            self._remove(member)
+            if member.connection is not None:
+                member.connection.close(CloseCode.CALL_TERMINATED, reason)
+        for member in members:
+            self.leave(member, "call ended by an operator")
         return len(members)
+
+    def _remove(self, session: VoiceSession) -> None:
+        now = monotonic()
+        for session_id, until in list(self.removed.items()):
+            if until <= now:
+                del self.removed[session_id]
+        self.removed[session.session_id] = now + self.authority.ttl_s
+
+    def _removed_by_operator(self, session_id: str) -> bool:
+        until = self.removed.get(session_id)
+        return until is not None and until > monotonic()
 
     def mute(self, session: VoiceSession, muted: bool) -> None:
         """Server-mute (or unmute) ``session``: while muted its audio is dropped, not

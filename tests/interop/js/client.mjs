@@ -78,7 +78,8 @@ const connection = joinVoiceChannel({
   // Debug output is the only public view of the gateway messages the library receives.
   debug: true,
 });
-connection.on('stateChange', (from, to) => emit('state', { from: from.status, to: to.status }));
+connection.on('stateChange', (from, to) =>
+  emit('state', { from: from.status, to: to.status, close_code: to.closeCode ?? null }));
 connection.on('error', (error) => emit('error', { error: String(error) }));
 connection.on('debug', (message) => {
   if (values.debug) console.error(message);
