@@ -30,7 +30,7 @@ from tests.support.audio import SILENCE, ogg_packets, read_packet_log
 from tests.support.drivers import VoiceChannel
 from tests.support.proxy import CuttableProxy
 from voxgate.bench.cluster import ClusterSecrets, share_tls, start_cluster_node
-from voxgate.bench.node import BenchNode
+from voxgate.bench.node import BenchNode, free_port, start_node
 from voxgate.bench.redis_server import RedisServer
 from voxgate.client import SessionRestarted, VoiceConnection, VoiceConnectionError
 from voxgate.protocol.opcodes import CloseCode
@@ -287,6 +287,36 @@ async def test_discord_js_and_discord_py_hear_each_other_on_a_channel_minted_by_
         received = received[:-1]
     assert received == sent
     assert cluster.node_at(hosting).health()["sessions"] == 0  # both left cleanly
+
+
+async def test_workers_on_redis_are_nodes_of_the_cluster_and_the_supervisor_places_on_all(
+    cluster: Cluster, redis_url: str
+) -> None:
+    [single] = cluster.start(redis_url)
+    data_dir = cluster.folder / "m"
+    share_tls(cluster.folder / "shared", [data_dir])
+    supervisor = start_node(
+        "--workers", "2", "--redis", redis_url, "--node-id", "m", *cluster.secrets.args(),
+        *_dave_off(), data_dir=data_dir, ports=(0, 0, free_port()),
+        log_path=data_dir / "serve.log",
+    )  # fmt: skip
+    cluster.nodes.append(supervisor)
+    workers = {w["endpoint"] for w in supervisor.health()["workers"]}
+    await _eventually(lambda: len(_view(single)["nodes"]) == 3)
+    placed = {channel: await _placed(supervisor, channel) for channel in "abcdef"}
+    # Three nodes (n0 and the two workers, m-0 and m-1), two channels each.
+    assert sorted(n["node_id"] for n in _view(single)["nodes"]) == ["m-0", "m-1", "n0"]
+    assert set(placed.values()) == {*workers, cluster.endpoint(single)}
+    for channel, endpoint in placed.items():
+        assert await _placed(single, channel, "other") == endpoint
+    # A call on a worker, joined through the other node's admin API.
+    on_worker = next(c for c, e in placed.items() if e in workers)
+    speaker = await _connect(cluster, single, on_worker, "speaker", [])
+    listener = await _connect(cluster, supervisor, on_worker, "listener", [])
+    assert speaker.join.endpoint == listener.join.endpoint == placed[on_worker]
+    await _audio_arrives_byte_exact(speaker, listener)
+    for connection in (speaker, listener):
+        await connection.close()
 
 
 # --- failover ----------------------------------------------------------------------------

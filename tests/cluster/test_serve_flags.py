@@ -29,9 +29,6 @@ def _serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["--node-id", "n0"], "voxgate: --node-id names a node of a cluster: give --redis too"),
         (["--redis", "127.0.0.1:6379", "--node-id", "n0"],
          "voxgate: --redis takes redis://HOST:PORT/DB, not '127.0.0.1:6379'"),
-        (["--redis", "redis://127.0.0.1:1/0", "--node-id", "n0", "--workers", "2"],
-         "voxgate: --redis and --workers do not combine yet: run one node per core, each with "
-         "--redis and its own --node-id and ports"),
         (["--admin-key", "short"],
          "voxgate: --admin-key / VOXGATE_ADMIN_KEY must be at least 16 characters"),
     ],

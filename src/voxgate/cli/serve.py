@@ -157,11 +157,14 @@ async def _serve_workers(
     admin_port: int,
     ca_path: Path | None,
     admin_key: str,
+    cluster: tuple[str, str] | None = None,
 ) -> None:
+    """The supervisor of ``specs``; with ``cluster`` (Redis URL, node id) its workers are
+    nodes ``<id>-<i>`` of that cluster and its joins place on the whole cluster."""
     from voxgate.server.admin import admin_app
     from voxgate.server.workers import Supervisor, WorkerStartError
 
-    supervisor = Supervisor(specs, authority)
+    supervisor = Supervisor(specs, authority, None if cluster is None else cluster[0])
     try:
         await supervisor.start()
     except WorkerStartError as exc:
@@ -170,9 +173,17 @@ async def _serve_workers(
 
     def ready(admin_url: str) -> str:
         endpoints = [handle.endpoint for handle in supervisor.handles]
-        datadir.write_node_file(data_dir, first.endpoint, admin_url, endpoints)
+        datadir.write_node_file(
+            data_dir,
+            first.endpoint,
+            admin_url,
+            endpoints,
+            cluster=None if cluster is None else cluster[1],
+        )
         listed = ", ".join(f"{h.endpoint} udp {h.udp_port}" for h in supervisor.handles)
         workers = f" (+{len(specs)} workers: {listed})"
+        if cluster is not None:
+            workers += f" (nodes {cluster[1]}-0..{len(specs) - 1} of the cluster on {cluster[0]})"
         return _ready_line(
             config, ca_path, data_dir, first.endpoint, first.udp_port, workers, admin_url
         )
@@ -295,7 +306,8 @@ def serve(
         help=f"Worker processes (1-{MAX_WORKERS}), each a full node: worker i serves the "
         "gateway on --port + i and media on --udp-port + i (free ports when 0 is asked). "
         "Each voice channel is placed on one worker; joins minted by the admin API or "
-        "`voxgate token` carry that worker's endpoint.",
+        "`voxgate token` carry that worker's endpoint. With --redis, worker i is node "
+        "<--node-id>-i of the cluster.",
     ),
     secret: str | None = typer.Option(
         None, envvar="VOXGATE_SECRET", show_envvar=True, help="Token signing secret."
@@ -331,11 +343,6 @@ def serve(
     if redis is not None:
         if not node_id:
             raise _fail("--redis needs --node-id NAME, unique in the cluster")
-        if workers > 1:
-            raise _fail(
-                "--redis and --workers do not combine yet: run one node per core, each "
-                "with --redis and its own --node-id and ports"
-            )
         if not redis.startswith(("redis://", "rediss://", "unix://")):
             raise _fail(f"--redis takes redis://HOST:PORT/DB, not {redis!r}")
     elif node_id is not None:
@@ -427,7 +434,9 @@ def serve(
         return
     from voxgate.server.workers import worker_specs
 
-    specs = worker_specs(workers, config, tls_files, authority_secret, authority.ttl_s, log_level)
+    specs = worker_specs(
+        workers, config, tls_files, authority_secret, authority.ttl_s, log_level, redis, node_id
+    )
     asyncio.run(
         _serve_workers(
             specs,
@@ -438,6 +447,7 @@ def serve(
             resolved_admin_port,
             ca_path,
             resolved_admin_key,
+            None if redis is None or node_id is None else (redis, node_id),
         )
     )
 

@@ -380,7 +380,14 @@ def admin_app(
         # Placed first, with the same clock reading the token's expiry is computed from,
         # so the placement outlives the token.
         now = time.time()
-        placed = await workers.place(body.guild_id, body.channel_id, now)
+        try:
+            placed = await workers.place(body.guild_id, body.channel_id, now)
+        except VoxgateError as exc:  # a supervisor on --redis, while Redis is away
+            return web.json_response(
+                {"error": f"channel not placed: {exc}", "retry": True},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         token, grant = authority.mint(
             body.guild_id, body.channel_id, body.user_id, body.session_id, endpoint=placed, now=now
         )

@@ -108,6 +108,7 @@ class ClusterAgent:
         self._task: asyncio.Task[None] | None = None
         self._adopting: set[asyncio.Task[None]] = set()
         self._cpu_mark = (time.monotonic(), time.process_time())
+        self._cpu_share = 0.0
         node.router.admit_channel = self.admit
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -147,8 +148,13 @@ class ClusterAgent:
 
     def load(self) -> NodeLoad:
         now, cpu = time.monotonic(), time.process_time()
-        (then, cpu_then), self._cpu_mark = self._cpu_mark, (now, cpu)
-        share = (cpu - cpu_then) / (now - then) if now > then else 0.0
+        then, cpu_then = self._cpu_mark
+        # Measured over a heartbeat or so: over the few milliseconds before the first one
+        # (the node starting) any process is "100% busy".
+        if now - then >= self.heartbeat_s / 2:
+            self._cpu_share = (cpu - cpu_then) / (now - then)
+            self._cpu_mark = (now, cpu)
+        share = self._cpu_share
         return NodeLoad(
             node_id=self.node_id,
             endpoint=self.node.endpoint,

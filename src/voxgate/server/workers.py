@@ -36,6 +36,7 @@ from voxgate.server.placement import (
     MemoryPlacementStore,
     NodeLoad,
     Placement,
+    PlacementStore,
     describe_nodes,
 )
 from voxgate.server.stats import NodeStats
@@ -79,6 +80,9 @@ class WorkerSpec:
     token_ttl_s: float
     log_level: str
     supervisor_pid: int
+    #: With ``--redis``: the cluster's Redis, and this worker's node id in it.
+    redis: str | None = None
+    node_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,20 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
             )
         )
         return 1
+    agent = None
+    if spec.redis is not None and spec.node_id is not None:
+        # A node of the cluster like any other: it registers, heartbeats and fences itself.
+        from voxgate.server.cluster import ClusterAgent, ClusterError
+        from voxgate.server.redis_placement import RedisPlacementStore
+
+        agent = ClusterAgent(node, RedisPlacementStore(spec.redis), spec.node_id, spec.token_ttl_s)
+        try:
+            await agent.start()
+        except ClusterError as exc:
+            conn.send(WorkerFailed(str(exc)))
+            await agent.close()
+            await node.close()
+            return 1
     freeze_startup_objects()
     conn.send(WorkerStarted(node.endpoint, node.port, node.udp_port))
 
@@ -185,6 +203,8 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
         await stop.wait()
     finally:
         watcher.cancel()
+        if agent is not None:
+            await agent.close()
         await node.close()
     return 0
 
@@ -237,13 +257,24 @@ class Supervisor:
     by summing the workers' last reports.
     """
 
-    def __init__(self, specs: list[WorkerSpec], authority: TokenAuthority) -> None:
+    def __init__(
+        self, specs: list[WorkerSpec], authority: TokenAuthority, redis: str | None = None
+    ) -> None:
         self.authority = authority
         self.handles = [WorkerHandle(spec) for spec in specs]
-        # The cluster's placement rules over the supervisor's memory: each worker is a
-        # node that stays live while the supervisor runs (it restarts dead workers on the
-        # same ports, so their channels wait for them) and takes new channels while up.
-        self.store = MemoryPlacementStore()
+        self.store: PlacementStore
+        if redis is None:
+            # The cluster's placement rules over the supervisor's memory: each worker is a
+            # node that stays live while the supervisor runs (it restarts dead workers on
+            # the same ports, so their channels wait for them) and takes new ones while up.
+            self.store = MemoryPlacementStore()
+        else:
+            # With --redis each worker is a node of the cluster, registered by itself; the
+            # supervisor only places joins, on any node of the cluster.
+            from voxgate.server.redis_placement import RedisPlacementStore
+
+            self.store = RedisPlacementStore(redis)
+        self.clustered = redis is not None
         self.placement = Placement(self.store, authority.ttl_s)
         self._context = multiprocessing.get_context("spawn")
         self._running = False
@@ -301,6 +332,7 @@ class Supervisor:
                 process.kill()
             process.join(1.0)
             self._forget(handle)
+        await self.store.aclose()
 
     def _spawn(self, handle: WorkerHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -447,6 +479,8 @@ class Supervisor:
         if not asked:
             return
         done, _ = await asyncio.wait(asked, timeout=STATUS_TIMEOUT_S)
+        if self.clustered:
+            return  # each worker reconciles its own claims with the cluster
         await self._register()
         for future in done:
             if future.exception() is None:
@@ -462,6 +496,8 @@ class Supervisor:
                     log.info("channel %s/%s is on worker %d and %s", *key, handle.index, owner)
 
     async def _register(self) -> None:
+        if self.clustered:
+            return
         for handle in self.handles:
             await self.store.heartbeat(
                 NodeLoad(
@@ -477,6 +513,9 @@ class Supervisor:
     async def place(self, guild_id: str, channel_id: str, now: float) -> str:
         """The endpoint of the worker hosting the channel (placing it when new), for a
         token minted at ``now``."""
+        if self.clustered:
+            # Raises PlacementUnavailable (a 503) while Redis is out of reach.
+            return (await self.placement.place((guild_id, channel_id), now)).endpoint
         await self._register()
         if not any(handle.alive for handle in self.handles):
             # Every worker is down: the channel waits on the first one, as it restarts.
@@ -549,9 +588,12 @@ def worker_specs(
     secret: bytes,
     token_ttl_s: float,
     log_level: str,
+    redis: str | None = None,
+    node_id: str | None = None,
 ) -> list[WorkerSpec]:
     """One spec per worker: worker i on gateway port ``port + i`` and UDP port
-    ``udp_port + i`` (any free port for each when the port asked is 0)."""
+    ``udp_port + i`` (any free port for each when the port asked is 0); with ``redis``,
+    worker i is node ``<node_id>-<i>`` of that cluster."""
     base_udp = config.effective_udp_port
     return [
         WorkerSpec(
@@ -567,6 +609,8 @@ def worker_specs(
             token_ttl_s=token_ttl_s,
             log_level=log_level,
             supervisor_pid=os.getpid(),
+            redis=redis,
+            node_id=None if node_id is None else f"{node_id}-{index}",
         )
         for index in range(workers)
     ]
