@@ -552,3 +552,23 @@ async def test_identify_compress_without_transport_compression_zlibs_each_payloa
     assert message.type.name == "BINARY"
     ready = json.loads(zlib.decompress(message.data))
     assert ready["t"] == "READY"
+
+
+async def test_discord_py_follows_a_moderator_dragging_it_to_another_channel(
+    sandbox: Sandbox, dpy_bots: DpyBots
+) -> None:
+    bot = await dpy_bots(0)
+    lounge_id = sandbox.create_voice_channel(sandbox.guild_id, "Lounge")
+    await bot.wait(lambda: bot.client.get_channel(lounge_id))
+    general = bot.client.get_channel(sandbox.voice_channel_id)
+    assert isinstance(general, discord.VoiceChannel)
+    voice = await general.connect(timeout=20)
+    await sandbox.move_member(bot.client.user.id, lounge_id)
+    assert sandbox.node is not None
+
+    def in_lounge() -> bool:
+        sessions = list(sandbox.node.router.sessions.values()) if sandbox.node else []
+        return [s.channel.key[1] for s in sessions if s.described] == [str(lounge_id)]
+
+    await sandbox.wait_for(in_lounge, timeout=20)
+    await bot.wait(lambda: voice.is_connected() and voice.channel.id == lounge_id)

@@ -332,6 +332,14 @@ async def test_control_api_needs_its_key_and_acts_as_users(sandbox: Sandbox, res
         json={"user_id": user["id"], "content": "!join"},
     )
     assert status == 201 and message["content"] == "!join"
+    flags = {"user_id": user["id"], "deaf": True}
+    assert (await rest.control("POST", "/v1/voice/flags", json=flags))[0] == 200
+    assert sandbox.voice_states()[0]["deaf"] is True
+    lounge = str(sandbox.create_voice_channel(sandbox.guild_id, "Lounge"))
+    move = {"user_id": user["id"], "channel_id": lounge}
+    assert (await rest.control("POST", "/v1/voice/move", json=move))[0] == 200
+    assert sandbox.voice_states()[0]["channel_id"] == lounge
+    assert sandbox.voice_states()[0]["deaf"] is True  # a server deafen outlives a move
     assert (await rest.control("POST", "/v1/voice/disconnect", json={"user_id": user["id"]}))[
         0
     ] == 200
@@ -344,3 +352,41 @@ async def test_control_api_needs_its_key_and_acts_as_users(sandbox: Sandbox, res
     assert status == 400 and "user_id" in error["error"]
     status, logs = await rest.control("GET", "/v1/logs")
     assert status == 200 and "user bob" in logs
+
+
+async def test_a_bot_moves_mutes_and_disconnects_members_through_rest(
+    sandbox: Sandbox, rest: Rest, raw_gateways: RawGateways
+) -> None:
+    watcher = await raw_gateways()
+    await watcher.identify(sandbox.info["bots"][1]["token"], 1 | 1 << 7)
+    alice = sandbox.create_user("alice")
+    await sandbox.join_voice(alice.id, sandbox.voice_channel_id)
+    await watcher.dispatch("VOICE_STATE_UPDATE")
+    followed: list[tuple[int, dict[str, Any], dict[str, Any]]] = []
+    sandbox.user_moved.append(
+        lambda user_id, state, server: followed.append((user_id, state, server))
+    )
+    member = f"/guilds/{sandbox.info['guild_id']}/members/{alice.id}"
+
+    status, _, body = await rest.call("PATCH", member, json={"mute": True})
+    assert status == 200 and body["mute"] is True
+    muted = (await watcher.dispatch("VOICE_STATE_UPDATE"))["d"]
+    assert muted["mute"] is True and muted["channel_id"] == sandbox.info["voice_channel_id"]
+
+    lounge = sandbox.create_voice_channel(sandbox.guild_id, "Lounge")
+    status, _, _ = await rest.call("PATCH", member, json={"channel_id": str(lounge)})
+    assert status == 200
+    moved = (await watcher.dispatch("VOICE_STATE_UPDATE"))["d"]
+    assert moved["channel_id"] == str(lounge)
+    ((user_id, state, server),) = followed
+    assert user_id == alice.id and state["channel_id"] == str(lounge)
+    assert sandbox.authority.verify(server["token"]).channel_id == str(lounge)
+
+    status, _, _ = await rest.call("PATCH", member, json={"channel_id": None})
+    assert status == 200
+    gone = (await watcher.dispatch("VOICE_STATE_UPDATE"))["d"]
+    assert gone["channel_id"] is None and sandbox.voice_states() == []
+    status, _, error = await rest.call("PATCH", member, json={"mute": "yes"})
+    assert status == 400 and error["code"] == 50035
+    status, _, error = await rest.call("PATCH", member, json={"mute": True})
+    assert status == 400 and error["code"] == 40032

@@ -143,6 +143,10 @@ class Sandbox:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runners: list[web.AppRunner] = []
         self._unhandled: list[str] = []
+        #: Called as ``callback(user_id, voice_state, voice_server)`` (sync or async) when a
+        #: simulated user is moved by someone else (:meth:`move_member`, a bot's REST call),
+        #: so that its voice client can follow to the new channel.
+        self.user_moved: list[Callable[[int, Payload, Payload], Any]] = []
         self.node: VoiceNode | None = None
         self.info: dict[str, Any] = {}
 
@@ -478,10 +482,13 @@ class Sandbox:
         user = self.model.user(int(user_id))
         guild = self.model.guild(channel.guild_id)
         self.model.add_member(guild, user.id)
-        if user.id in guild.voice_states:
+        current = guild.voice_states.get(user.id)
+        if current is not None:
             # A move: its old voice session ends, as the new token is for another channel.
             self._end_voice_sessions(guild.id, user.id, "moved")
         state = VoiceState(user.id, guild.id, channel.id, new_session_id())
+        if current is not None:
+            state.mute, state.deaf = current.mute, current.deaf
         self._set_voice_state(state)
         log.info("user %s joined voice channel %d", user.username, channel.id)
         return (
@@ -500,6 +507,45 @@ class Sandbox:
         self._clear_voice_state(
             int(guild_id), int(user_id), close_voice=True, why="disconnected by a moderator"
         )
+
+    async def move_member(self, user_id: int, channel_id: int) -> None:
+        """What a moderator dragging a member to ``channel_id`` does. A bot gets
+        VOICE_STATE_UPDATE and VOICE_SERVER_UPDATE for the new channel and its old voice
+        WebSocket closes 4014; a simulated user is moved as by :meth:`join_voice`, and each
+        of :attr:`user_moved` is called with the new events for its voice client.
+
+        Raises ``ModelError`` (400, 40032) when the member is not in voice in that guild.
+        """
+        channel = self._voice_channel(channel_id)
+        guild = self.model.guild(channel.guild_id)
+        current = guild.voice_states.get(int(user_id))
+        if current is None:
+            raise ModelError(400, 40032, "Target user is not connected to voice.")
+        session = self.gateway.sessions.get(current.session_id)
+        if session is not None and not session.ended:
+            self.bot_voice_update(
+                session, guild.id, channel.id, current.self_mute, current.self_deaf
+            )
+            return
+        voice_state, voice_server = await self.join_voice(int(user_id), channel.id)
+        for callback in list(self.user_moved):
+            result = callback(int(user_id), voice_state, voice_server)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def set_voice_flags(
+        self, user_id: int, guild_id: int, *, mute: bool | None = None, deaf: bool | None = None
+    ) -> None:
+        """Server-mute or server-deafen a member in voice: VOICE_STATE_UPDATE to the bots."""
+        guild = self.model.guild(int(guild_id))
+        state = guild.voice_states.get(int(user_id))
+        if state is None:
+            raise ModelError(400, 40032, "Target user is not connected to voice.")
+        if mute is not None:
+            state.mute = mute
+        if deaf is not None:
+            state.deaf = deaf
+        self._set_voice_state(state)
 
     async def voice_server_failover(self, guild_id: int) -> None:
         """VOICE_SERVER_UPDATE with a null endpoint to every bot in voice in the guild, then
@@ -574,7 +620,15 @@ class Sandbox:
                 self._set_voice_state(current)
             return
         state = VoiceState(
-            session.user_id, guild_id, channel_id, session.session_id, self_mute, self_deaf
+            session.user_id,
+            guild_id,
+            channel_id,
+            session.session_id,
+            self_mute,
+            self_deaf,
+            # A server mute or deafen outlives the bot's own updates, as on Discord.
+            mute=current.mute if current is not None else False,
+            deaf=current.deaf if current is not None else False,
         )
         self._set_voice_state(state)
         if not session.has(Intent.GUILD_VOICE_STATES):

@@ -163,6 +163,23 @@ def control_app(sandbox: Sandbox, control_key: str) -> web.Application:
         )
         return reply({"ok": True})
 
+    async def move(request: web.Request) -> web.StreamResponse:
+        body = await body_of(request)
+        await sandbox.move_member(
+            snowflake(body.get("user_id"), "user_id"),
+            snowflake(body.get("channel_id"), "channel_id"),
+        )
+        return reply({"ok": True})
+
+    async def flags(request: web.Request) -> web.StreamResponse:
+        body = await body_of(request)
+        user_id, guild_id = _member_target(body)
+        changes = {name: body[name] for name in ("mute", "deaf") if name in body}
+        if not changes or not all(isinstance(value, bool) for value in changes.values()):
+            raise ControlError(400, "mute and/or deaf must be given as booleans")
+        await sandbox.set_voice_flags(user_id, guild_id, **changes)
+        return reply({"ok": True})
+
     async def voice_states(request: web.Request) -> web.StreamResponse:
         guild_id = snowflake(request.match_info["guild_id"], "guild_id")
         return reply(sandbox.voice_states(guild_id))
@@ -270,6 +287,8 @@ def control_app(sandbox: Sandbox, control_key: str) -> web.Application:
     add("POST", "/v1/voice/leave", leave_voice)
     add("POST", "/v1/voice/disconnect", disconnect)
     add("POST", "/v1/voice/failover", failover)
+    add("POST", "/v1/voice/move", move)
+    add("POST", "/v1/voice/flags", flags)
     add("GET", "/v1/channels/{channel_id}/messages", messages)
     add("POST", "/v1/channels/{channel_id}/messages", send_message)
     add("GET", "/v1/commands", commands)

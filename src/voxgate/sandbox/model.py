@@ -556,6 +556,7 @@ class SandboxModel:
         member = guild.members.get(user_id)
         if member is None:
             raise ModelError(404, 10007, "Unknown Member")
+        state = guild.voice_states.get(user_id)
         payload: Payload = {
             "roles": [str(role) for role in member.roles],
             "nick": member.nick,
@@ -563,8 +564,8 @@ class SandboxModel:
             "banner": None,
             "joined_at": member.joined_at,
             "premium_since": None,
-            "deaf": False,
-            "mute": False,
+            "deaf": bool(state and state.deaf),
+            "mute": bool(state and state.mute),
             # discord.py's Member reads ``flags`` unconditionally (SANDBOX.md §3.3).
             "flags": 0,
             "pending": False,

@@ -360,6 +360,41 @@ class RestApi:
         guild = self._guild_of(request, bot)
         return json_response(self.model.member_payload(guild.id, _snowflake(request, "user_id")))
 
+    async def edit_member(self, request: web.Request, bot: Bot) -> web.StreamResponse:
+        """``PATCH /guilds/{g}/members/{u}``: a bot moves, disconnects, mutes or deafens a
+        member in voice (``channel_id``, ``mute``, ``deaf``) or renames it (``nick``)."""
+        guild = self._guild_of(request, bot)
+        user_id = _snowflake(request, "user_id")
+        member = guild.members.get(user_id)
+        if member is None:
+            raise ModelError(404, 10007, "Unknown Member")
+        body = await _json_body(request)
+        for name in ("mute", "deaf"):
+            if name in body and not isinstance(body[name], bool):
+                raise invalid_form(name, "must be a boolean")
+        nick = body.get("nick")
+        if nick is not None and (not isinstance(nick, str) or len(nick) > 32):
+            raise invalid_form("nick", "must be a string of at most 32 characters")
+        if "channel_id" in body:
+            target = body["channel_id"]
+            if target is None:
+                await self.sandbox.disconnect_member(user_id, guild.id)
+            elif isinstance(target, str | int) and str(target).isdigit():
+                channel = self.model.channel(int(target))
+                if channel.guild_id != guild.id:
+                    raise invalid_form("channel_id", "is not a channel of this guild")
+                await self.sandbox.move_member(user_id, channel.id)
+            else:
+                raise invalid_form("channel_id", "must be a snowflake or null")
+        if "mute" in body or "deaf" in body:
+            await self.sandbox.set_voice_flags(
+                user_id, guild.id, mute=body.get("mute"), deaf=body.get("deaf")
+            )
+        if "nick" in body:
+            member.nick = nick
+        self.sandbox.notify()
+        return json_response(self.model.member_payload(guild.id, user_id))
+
     async def guild_voice_state(self, request: web.Request, bot: Bot) -> web.StreamResponse:
         guild = self._guild_of(request, bot)
         raw = request.match_info["user_id"]
@@ -684,6 +719,7 @@ def rest_routes(app: web.Application, sandbox: Sandbox) -> RestApi:
         ("GET", "/guilds/{guild_id}/roles", a(api.guild_roles)),
         ("GET", "/guilds/{guild_id}/members", a(api.guild_members)),
         ("GET", "/guilds/{guild_id}/members/{user_id}", a(api.guild_member)),
+        ("PATCH", "/guilds/{guild_id}/members/{user_id}", a(api.edit_member)),
         ("GET", "/guilds/{guild_id}/voice-states/{user_id}", a(api.guild_voice_state)),
         ("GET", "/channels/{channel_id}", a(api.channel)),
         ("GET", "/channels/{channel_id}/messages", a(api.messages)),
