@@ -73,7 +73,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests $(wildcard bench fuzz)
 
 typecheck: $(VENV)/.installed-dev
-	$(BIN)/mypy --strict src/voxgate/protocol
+	$(BIN)/mypy --strict src/voxgate/protocol src/voxgate/sandbox/model.py src/voxgate/sandbox/gateway.py
 
 pytest: dev
 	$(BIN)/pytest $(PYTEST_ARGS)
