@@ -194,8 +194,12 @@ async def test_sigterm_exits_cleanly_and_a_restart_keeps_bots_and_logs_in_again(
     assert code == 1001
     assert await exited == 0
     await gateway.close()
+    # Everything it started went with it: REST and gateway, control, the voice node.
     api_port = int(info["api"].rsplit(":", 1)[1].split("/")[0])
-    assert not accepts_tcp("127.0.0.1", api_port)
+    control_port = int(info["control"].rsplit(":", 1)[1])
+    voice_port = int(info["voice_endpoint"].rsplit(":", 1)[1])
+    for port in (api_port, control_port, voice_port):
+        assert not accepts_tcp("127.0.0.1", port)
 
     second = start_sandbox(tmp_path / "sandbox", "--bots", "3")
     again = second.info
