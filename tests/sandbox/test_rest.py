@@ -4,6 +4,7 @@ and follow-up routes, 401/400/404 answers, and the control API's view of it all.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -390,3 +391,22 @@ async def test_a_bot_moves_mutes_and_disconnects_members_through_rest(
     assert status == 400 and error["code"] == 50035
     status, _, error = await rest.call("PATCH", member, json={"mute": True})
     assert status == 400 and error["code"] == 40032
+
+
+async def test_control_messages_long_poll_for_what_comes_after(
+    sandbox: Sandbox, rest: Rest
+) -> None:
+    alice = sandbox.create_user("alice")
+    first = await sandbox.send_message(alice.id, sandbox.text_channel_id, "one")
+    path = f"/v1/channels/{sandbox.info['text_channel_id']}/messages"
+
+    async def later() -> None:
+        await asyncio.sleep(0.2)
+        await sandbox.send_message(alice.id, sandbox.text_channel_id, "two")
+
+    task = asyncio.create_task(later())
+    status, newer = await rest.control("GET", path, params={"after": first["id"], "wait_s": "10"})
+    await task
+    assert status == 200 and [m["content"] for m in newer] == ["two"]
+    status, _ = await rest.control("GET", path, params={"after": newer[0]["id"], "wait_s": "0.3"})
+    assert status == 504

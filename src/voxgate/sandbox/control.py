@@ -193,7 +193,22 @@ def control_app(sandbox: Sandbox, control_key: str) -> web.Application:
         return reply(message, 201)
 
     async def messages(request: web.Request) -> web.StreamResponse:
-        return reply(sandbox.messages(snowflake(request.match_info["channel_id"], "channel_id")))
+        """Messages of a channel, oldest first; ``?after=ID`` only newer ones, and with
+        ``&wait_s=S`` (at most 60) held until there is one (a long poll, for suites in other
+        languages), 504 when none came."""
+        channel_id = snowflake(request.match_info["channel_id"], "channel_id")
+        after = snowflake(request.query.get("after", "0"), "after")
+        try:
+            wait_s = min(float(request.query.get("wait_s", "0")), 60.0)
+        except ValueError:
+            raise ControlError(400, "wait_s must be a number of seconds") from None
+
+        def newer() -> list[dict[str, Any]]:
+            return [m for m in sandbox.messages(channel_id) if int(m["id"]) > after]
+
+        if wait_s > 0:
+            return reply(await sandbox.wait_for(newer, wait_s))
+        return reply(newer())
 
     def interaction_payload(interaction: Any) -> dict[str, Any]:
         original = (
