@@ -231,3 +231,52 @@ async def test_an_unreachable_redis_is_placement_unavailable_and_counted() -> No
         assert store.errors == 1
     finally:
         await store.aclose()
+
+
+async def test_a_redis_heartbeat_between_full_ones_reads_only_what_changed(
+    redis_url: str,
+) -> None:
+    # Heartbeats look at every claim once in FULL_EVERY; in between, only at the claims
+    # taken away from the node or placed on it, and yet report what a full one would.
+    store = RedisPlacementStore(redis_url, settle_s=0)
+    placement = Placement(store, TTL)
+    n0, n1 = NodeLoad("n-0", "h:0"), NodeLoad("n-1", "h:1")
+    try:
+        first = await store.heartbeat_and_reconcile(n0, NODE_TTL, [], {}, now=0)
+        assert first.complete and first.held == {}
+        await store.heartbeat(n1, NODE_TTL)
+        assert (await placement.place(("g", "a"), 0)).node_id == "n-0"
+        placed = await store.heartbeat_and_reconcile(n0, NODE_TTL, [("g", "a")], {}, now=1)
+        assert not placed.complete and placed.held == {("g", "a"): 1}
+        quiet = await store.heartbeat_and_reconcile(
+            n0, NODE_TTL, [("g", "a")], {("g", "a"): 1}, now=2
+        )
+        assert quiet.held == {} and quiet.lost == {} and quiet.released == []
+        await asyncio.sleep(NODE_TTL + 0.1)  # n-0 is cut off; n-1 beats on
+        await store.heartbeat(n1, NODE_TTL)
+        assert (await placement.place(("g", "a"), 3)).node_id == "n-1"
+        fenced = await store.heartbeat_and_reconcile(
+            n0, NODE_TTL, [("g", "a")], {("g", "a"): 1}, now=4
+        )
+        assert not fenced.complete and fenced.lost == {("g", "a"): "n-1"}
+    finally:
+        await store.aclose()
+
+
+async def test_a_redis_that_lost_the_node_gets_a_full_reconcile_at_once(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisPlacementStore(redis_url, settle_s=0)
+    try:
+        await store.heartbeat_and_reconcile(NodeLoad("n-0", "h:0"), NODE_TTL, [], {}, now=0)
+        wipe = aioredis.Redis.from_url(redis_url)
+        await wipe.flushdb()
+        await wipe.aclose()
+        # The next heartbeat would be a partial one; the empty Redis makes it complete, and
+        # the channel the node carries is claimed again.
+        again = await store.heartbeat_and_reconcile(
+            NodeLoad("n-0", "h:0"), NODE_TTL, [("g", "kept")], {("g", "kept"): 4}, now=1
+        )
+        assert again.complete and again.held == {("g", "kept"): 1}
+    finally:
+        await store.aclose()

@@ -189,7 +189,7 @@ class ClusterAgent:
             else:
                 log.info("node %s registered in %s", self.node_id, self.store.url)
             self.connected, self.down_since = True, None
-        self._apply(reconciled, everything=True)
+        self._apply(reconciled, everything=reconciled.complete)
 
     def _went_down(self, exc: Exception) -> None:
         if self.connected or self.down_since is None:

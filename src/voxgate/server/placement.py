@@ -77,6 +77,8 @@ class Reconciled:
     held: dict[ChannelKey, int] = field(default_factory=dict)
     lost: dict[ChannelKey, str] = field(default_factory=dict)
     released: list[ChannelKey] = field(default_factory=list)
+    #: ``held`` lists every claim of the node (else only those that changed).
+    complete: bool = True
 
 
 class PlacementStore(Protocol):

@@ -53,6 +53,9 @@ COMMAND_TIMEOUT_S = 1.0
 #: How long an empty Redis waits before placing unclaimed channels: two heartbeats, in
 #: which every live node registers again (a heartbeat retried with back-off included).
 SETTLE_S = 2 * HEARTBEAT_S
+#: A heartbeat's reconcile looks at every claim of the node once in this many (a safety net
+#: under the change sets, 30 s); the others only at what changed.
+FULL_EVERY = 20
 
 HEARTBEAT = """
 local p, id = ARGV[1], ARGV[2]
@@ -83,7 +86,7 @@ for _, id in ipairs(redis.call('SMEMBERS', p..'nodes')) do
   elseif placed == 0 then
     -- dead and holding nothing: forgotten, so this list stays as long as the cluster
     redis.call('SREM', p..'nodes', id)
-    redis.call('DEL', p..'node:'..id)
+    redis.call('DEL', p..'node:'..id, p..'gone:'..id, p..'new:'..id)
   end
 end
 return out
@@ -140,11 +143,13 @@ if (not owner) or redis.call('EXISTS', p..'alive:'..owner) == 0 then
   end
   if owner then
     redis.call('SREM', p..'placed:'..owner, k)
+    redis.call('SADD', p..'gone:'..owner, k)
     recount(owner)
   end
   local epoch = redis.call('INCR', p..'epoch:'..k)
   redis.call('HSET', ck, 'node', chosen, 'epoch', epoch, 'until', ARGV[3])
   redis.call('SADD', p..'placed:'..chosen, k)
+  redis.call('SADD', p..'new:'..chosen, k)
   recount(chosen)
   owner = chosen
 elseif untl > tonumber(redis.call('HGET', ck, 'until') or '0') then
@@ -160,9 +165,17 @@ local mine = p..'placed:'..me
 local function recount(id)
   redis.call('ZADD', p..'load', redis.call('SCARD', p..'placed:'..id), id)
 end
+-- ARGV[4]: '1' every claim of the node, '0' only the keys given, 'd' the keys given and
+-- what changed since the last 'd' (claims taken away: gone:<me>; placed on it: new:<me>).
 -- ARGV[5]: '1' when a heartbeat comes first (ttl, endpoint, state, sessions, channels, cpu)
+local mode = ARGV[4]
 local i = 6
 if ARGV[5] == '1' then
+  -- No record of this node: Redis lost everything (or the node is new): 'd' cannot work.
+  local fresh = redis.call('EXISTS', p..'node:'..me) == 0
+  if fresh and mode == 'd' then
+    mode = 'fresh'
+  end
   if ARGV[6] == '0' then
     redis.call('SET', p..'alive:'..me, '1')
   else
@@ -174,6 +187,9 @@ if ARGV[5] == '1' then
   local t = redis.call('TIME')
   redis.call('SET', p..'since', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
   i = 12
+end
+if mode == 'fresh' then
+  return {{}, {}, {}, 1}
 end
 local occupied, given, order = {}, {}, {}
 while i <= #ARGV do
@@ -189,13 +205,30 @@ while i <= #ARGV do
 end
 local seen = {}
 for _, k in ipairs(order) do seen[k] = true end
-if ARGV[4] == '1' then
+if mode == '1' then
   for _, k in ipairs(redis.call('SMEMBERS', mine)) do
     if not seen[k] then
       seen[k] = true
       table.insert(order, k)
     end
   end
+end
+if mode == '1' or mode == 'd' then
+  -- Taken away: reported lost (the node may carry them). Placed here: reported held.
+  for _, k in ipairs(redis.call('SMEMBERS', p..'gone:'..me)) do
+    given[k] = true
+    if not seen[k] then
+      seen[k] = true
+      table.insert(order, k)
+    end
+  end
+  for _, k in ipairs(redis.call('SMEMBERS', p..'new:'..me)) do
+    if not seen[k] then
+      seen[k] = true
+      table.insert(order, k)
+    end
+  end
+  redis.call('DEL', p..'gone:'..me, p..'new:'..me)
 end
 local held, lost, released = {}, {}, {}
 for _, k in ipairs(order) do
@@ -206,6 +239,7 @@ for _, k in ipairs(order) do
     if occupied[k] then
       if owner then
         redis.call('SREM', p..'placed:'..owner, k)
+        redis.call('SADD', p..'gone:'..owner, k)
         recount(owner)
       end
       local e = redis.call('INCR', p..'epoch:'..k)
@@ -234,7 +268,7 @@ end
 if ARGV[5] == '1' or #held > 0 or #released > 0 then
   recount(me)
 end
-return {held, lost, released}
+return {held, lost, released, 0}
 """
 
 _encoder = msgspec.json.Encoder()
@@ -267,6 +301,7 @@ class RedisPlacementStore:
         self.url = url
         self.prefix = prefix
         self.settle_ms = int(settle_s * 1000)
+        self._beats = 0
         self.errors = 0
         # One retry on a fresh connection: after a Redis restart the pooled connection is
         # dead and only the first command on it fails. More would only stall callers.
@@ -321,10 +356,32 @@ class RedisPlacementStore:
         known: Mapping[ChannelKey, int],
         now: float,
     ) -> Reconciled:
-        """:meth:`heartbeat` then :meth:`reconcile` (everything), in one script call."""
+        """:meth:`heartbeat` then a reconcile, in one script call.
+
+        Every :data:`FULL_EVERY`-th call (the first included) looks at every claim of the
+        node, and its result is ``complete``; the others look only at what changed: the
+        channels ``occupied`` but not ``known`` (to adopt), those ``known`` but not
+        occupied (to release), and the claims the store took away from the node or placed
+        on it since. Their cost does not grow with the claims the node holds.
+        """
+        self._beats += 1
+        full = self._beats % FULL_EVERY == 1 or FULL_EVERY == 1
         beat = self._heartbeat_args(load, ttl_s)[2:]
-        args = self._reconcile_args(load.node_id, occupied, known, now, True, beat)
-        return self._reconciled(await self._run(self._reconcile, args))
+        if full:
+            args = self._reconcile_args(load.node_id, occupied, known, now, "1", beat)
+        else:
+            new = [key for key in occupied if key not in known]
+            unused = {key: epoch for key, epoch in known.items() if key not in occupied}
+            args = self._reconcile_args(load.node_id, new, unused, now, "d", beat)
+        raw = await self._run(self._reconcile, args)
+        if raw[3]:
+            # Redis has no record of the node (it restarted empty): claim everything again.
+            args = self._reconcile_args(load.node_id, occupied, known, now, "1", None)
+            raw = await self._run(self._reconcile, args)
+            full = True
+        reconciled = self._reconciled(raw)
+        reconciled.complete = full
+        return reconciled
 
     async def remove_node(self, node_id: str) -> None:
         try:
@@ -367,10 +424,10 @@ class RedisPlacementStore:
         occupied: Collection[ChannelKey],
         known: Mapping[ChannelKey, int],
         now: float,
-        everything: bool,
+        mode: str,
         beat: list[Any] | None = None,
     ) -> list[Any]:
-        args: list[Any] = [self.prefix, node_id, f"{now:.3f}", "1" if everything else "0"]
+        args: list[Any] = [self.prefix, node_id, f"{now:.3f}", mode]
         args += ["0"] if beat is None else ["1", *beat]
         for key in occupied:
             args += ["o", encode_key(key)]
@@ -381,7 +438,7 @@ class RedisPlacementStore:
 
     @staticmethod
     def _reconciled(raw: list[list[Any]]) -> Reconciled:
-        held, lost, released = raw
+        held, lost, released = raw[:3]
         return Reconciled(
             held={decode_key(held[i]): int(held[i + 1]) for i in range(0, len(held), 2)},
             lost={decode_key(lost[i]): _text(lost[i + 1]) for i in range(0, len(lost), 2)},
@@ -397,7 +454,7 @@ class RedisPlacementStore:
         *,
         everything: bool = True,
     ) -> Reconciled:
-        args = self._reconcile_args(node_id, occupied, known, now, everything)
+        args = self._reconcile_args(node_id, occupied, known, now, "1" if everything else "0")
         return self._reconciled(await self._run(self._reconcile, args))
 
     async def placed_on(self, node_id: str) -> list[ChannelKey]:
