@@ -37,10 +37,12 @@ compiler:
 # System programs the tests run: FFmpeg for the sandbox's discord.py music bot
 # (discord.FFmpegOpusAudio runs the ffmpeg executable; voxgate itself needs none), and
 # redis-server for the cluster tests (each starts its own on a free port; the packaged
-# service on 6379 is not used).
+# service on 6379 is not used), and Chromium with its chromedriver for the console's browser
+# tests (Selenium is given the driver's path: nothing is downloaded at test time).
 system:
 	@command -v ffmpeg >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg)
 	@command -v redis-server >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)
 
 # The third-party JavaScript client the interop tests drive (@discordjs/voice), and the
 # discord.js bots the sandbox tests run.

@@ -61,8 +61,9 @@ function plot(className, label) {
   svg.append(area, line);
   const scale = el('span', { class: 'scale' });
   const now = el('span', { class: 'now' });
+  const axis = el('div', { class: 'axis' }, el('span', { text: '−5 min' }), el('span', { text: 'now' }));
   const box = el('figure', { class: 'plotbox' },
-    el('figcaption', {}, el('span', { class: 'label', text: label }), now, scale), svg);
+    el('figcaption', {}, el('span', { class: 'label', text: label }), now, scale), svg, axis);
   return { box, svg, line, area, scale, now };
 }
 
@@ -79,8 +80,9 @@ function drawPlot(view, values, unit, floor = 1) {
   const last = values.length ? values[values.length - 1] : 0;
   view.svg.dataset.last = String(last);
   view.svg.dataset.max = String(Math.max(0, ...values));
-  view.now.textContent = `${last.toFixed(unit === '%' ? 0 : 0)} ${unit}`;
-  view.scale.textContent = `max ${Math.max(0, ...values).toFixed(0)} ${unit}, last 5 min`;
+  const withUnit = (v) => (unit ? `${v.toFixed(0)} ${unit}` : v.toFixed(0));
+  view.now.textContent = withUnit(last);
+  view.scale.textContent = `peak ${withUnit(Math.max(0, ...values))} in the last 5 min`;
 }
 
 // --- members -------------------------------------------------------------------------
@@ -213,7 +215,8 @@ function render(snapshot) {
       nodeCards.set(node.name, view);
       nodesBox.append(view.card);
     }
-    view.summary.textContent = `${node.sessions} sessions · ${node.channels.length} calls · ` +
+    const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
+    view.summary.textContent = `${plural(node.sessions, 'session')} · ${plural(node.channels.length, 'call')} · ` +
       `${node.packets_in} packets in, ${node.packets_out} out · dropped: ${drops(node.dropped)}`;
     drawPlot(view.cpu, node.cpu_history, '%', 10);
     drawPlot(view.sessions, node.session_history, '', 4);
