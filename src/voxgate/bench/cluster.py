@@ -32,6 +32,7 @@ from typing import Any
 from voxgate.bench.node import BenchNode, start_node
 from voxgate.bench.redis_server import RedisServer
 from voxgate.server.placement import HEARTBEAT_S
+from voxgate.server.redis_placement import FULL_EVERY
 
 #: Commands a node sends itself (the rest of commandstats ran inside its scripts).
 SENT = ("evalsha", "eval", "script|load", "script|exists", "ping", "hello")
@@ -243,10 +244,11 @@ async def run(
         beats_during = nodes * seconds / HEARTBEAT_S
         health = [node.health()["cluster"] for node in started]
         placement = [h["placement_latency"] for h in health if h["placement_latency"]]
-        # Heartbeats again, now that every node holds its share of the claims.
+        # Heartbeats again, now that every node holds its share of the claims, over a
+        # window holding one full reconcile per node (the others read only what changed).
         await asyncio.sleep(HEARTBEAT_S * 2)
         held_sent, held_total, held_cpu, held = await _idle(
-            server.port, nodes, idle_s, baseline
+            server.port, nodes, max(idle_s, FULL_EVERY * HEARTBEAT_S), baseline
         )
         result = {
             "nodes": nodes,
@@ -279,6 +281,7 @@ async def run(
             "redis_commands_per_heartbeat_holding": round(held_total, 2),
             "claims_held_per_node": round(-(-joins // per_channel) / nodes, 1),
             "heartbeat_s": HEARTBEAT_S,
+            "full_reconcile_every": FULL_EVERY,
             "joins_by_node": dict(sorted(landed.items())),
             "idle_commandstats": idle,
             "joins_commandstats": during,

@@ -247,6 +247,7 @@ for _, k in ipairs(order) do
       redis.call('SADD', mine, k)
       table.insert(held, k)
       table.insert(held, e)
+      table.insert(held, ARGV[3])
     else
       redis.call('SREM', mine, k)
     end
@@ -263,6 +264,7 @@ for _, k in ipairs(order) do
   else
     table.insert(held, k)
     table.insert(held, tonumber(c[2]))
+    table.insert(held, c[3] or '0')
   end
 end
 if ARGV[5] == '1' or #held > 0 or #released > 0 then
@@ -302,6 +304,7 @@ class RedisPlacementStore:
         self.prefix = prefix
         self.settle_ms = int(settle_s * 1000)
         self._beats = 0
+        self._until: dict[ChannelKey, float] = {}
         self.errors = 0
         # One retry on a fresh connection: after a Redis restart the pooled connection is
         # dead and only the first command on it fails. More would only stall callers.
@@ -371,7 +374,11 @@ class RedisPlacementStore:
             args = self._reconcile_args(load.node_id, occupied, known, now, "1", beat)
         else:
             new = [key for key in occupied if key not in known]
-            unused = {key: epoch for key, epoch in known.items() if key not in occupied}
+            unused = {
+                key: epoch
+                for key, epoch in known.items()
+                if key not in occupied and self._until.get(key, 0.0) <= now
+            }
             args = self._reconcile_args(load.node_id, new, unused, now, "d", beat)
         raw = await self._run(self._reconcile, args)
         if raw[3]:
@@ -436,14 +443,20 @@ class RedisPlacementStore:
                 args += ["k", encode_key(key)]
         return args
 
-    @staticmethod
-    def _reconciled(raw: list[list[Any]]) -> Reconciled:
+    def _reconciled(self, raw: list[list[Any]]) -> Reconciled:
         held, lost, released = raw[:3]
-        return Reconciled(
-            held={decode_key(held[i]): int(held[i + 1]) for i in range(0, len(held), 2)},
+        result = Reconciled(
+            held={decode_key(held[i]): int(held[i + 1]) for i in range(0, len(held), 3)},
             lost={decode_key(lost[i]): _text(lost[i + 1]) for i in range(0, len(lost), 2)},
             released=[decode_key(key) for key in released],
         )
+        # Until when each held claim's tokens are valid: a partial heartbeat asks to release
+        # only the unused claims whose time has come, not every unused claim each time.
+        for i in range(0, len(held), 3):
+            self._until[decode_key(held[i])] = float(held[i + 2])
+        for key in (*result.lost, *result.released):
+            self._until.pop(key, None)
+        return result
 
     async def reconcile(
         self,
