@@ -12,9 +12,12 @@ Keys (SCALE.md §3, prefix ``vg:`` by default; a channel key is the JSON ``["gui
   them elsewhere (a restart then costs no call);
 - ``vg:load`` ZSET node id -> claims held, which the claim script walks from the lowest to
   choose where a new channel goes (so a join costs the same with 3 nodes or 300);
+- ``vg:gone:<id>`` / ``vg:new:<id>`` SETs: the claims a script took away from a node / gave
+  to it since its last heartbeat, so a heartbeat reads only what changed (every
+  :data:`FULL_EVERY`-th one reads all the node's claims);
 - ``vg:chan:<key>`` HASH node, epoch, until (wall-clock seconds the newest token for it
   expires); ``vg:epoch:<key>`` the fencing counter, INCR'd whenever the claim changes
-  hands and never reset by a release; ``vg:placed:<id>`` SET of the keys a node holds.
+  hands, kept a day after a release; ``vg:placed:<id>`` SET of the keys a node holds.
 
 Every step is one Lua script, so each is atomic and costs one round trip: a join is one
 (``CLAIM``, which also chooses the node), a heartbeat one (``RECONCILE`` with the heartbeat
@@ -147,6 +150,7 @@ if (not owner) or redis.call('EXISTS', p..'alive:'..owner) == 0 then
     recount(owner)
   end
   local epoch = redis.call('INCR', p..'epoch:'..k)
+  redis.call('PERSIST', p..'epoch:'..k)
   redis.call('HSET', ck, 'node', chosen, 'epoch', epoch, 'until', ARGV[3])
   redis.call('SADD', p..'placed:'..chosen, k)
   redis.call('SADD', p..'new:'..chosen, k)
@@ -243,6 +247,7 @@ for _, k in ipairs(order) do
         recount(owner)
       end
       local e = redis.call('INCR', p..'epoch:'..k)
+      redis.call('PERSIST', p..'epoch:'..k)
       redis.call('HSET', ck, 'node', me, 'epoch', e, 'until', ARGV[3])
       redis.call('SADD', mine, k)
       table.insert(held, k)
@@ -260,6 +265,9 @@ for _, k in ipairs(order) do
   elseif (not occupied[k]) and now >= tonumber(c[3] or '0') then
     redis.call('DEL', ck)
     redis.call('SREM', mine, k)
+    -- Kept a day after the release, far longer than any node could still be carrying a
+    -- claim of it from before, then forgotten (so the counters do not pile up).
+    redis.call('EXPIRE', p..'epoch:'..k, 86400)
     table.insert(released, k)
   else
     table.insert(held, k)
