@@ -15,13 +15,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import secrets
 import ssl
+import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 import discord
 
 from tests.support.server import RunningServer
+
+
+def mint(server: RunningServer, guild: int, channel: int, user: str, session_id: str) -> Any:
+    """The two join events from ``server``'s admin API, for the bot's own session id: the
+    main gateway's, which a voice session keeps across moves and servers, as on Discord."""
+    body = {
+        "guild_id": str(guild),
+        "channel_id": str(channel),
+        "user_id": user,
+        "session_id": session_id,
+    }
+    request = urllib.request.Request(
+        f"{server.admin_url}/v1/voice/join",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {server.admin_key}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
 
 
 def _user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
@@ -52,7 +74,7 @@ class MainGateway:
         self.open = True
         #: Every op 4 the bot sent: (guild id, channel id or None).
         self.requests: list[tuple[int, int | None]] = []
-        self._session_id = "main-gateway-session"
+        self.session_id = secrets.token_hex(16)
         self._tasks: set[asyncio.Task[None]] = set()
 
     # What discord.py's Guild.change_voice_state calls.
@@ -83,7 +105,7 @@ class MainGateway:
             "guild_id": str(guild_id),
             "channel_id": None,
             "user_id": user_id,
-            "session_id": self._session_id,
+            "session_id": self.session_id,
             "deaf": False,
             "mute": False,
             "self_deaf": self_deaf,
@@ -95,9 +117,10 @@ class MainGateway:
         if channel_id is None:
             state.parse_voice_state_update(voice_state)  # type: ignore[arg-type]
             return
-        join = await asyncio.to_thread(self.server.join, str(guild_id), str(channel_id), user_id)
-        self._session_id = join["voice_state"]["session_id"]
-        voice_state.update(channel_id=str(channel_id), session_id=self._session_id)
+        join = await asyncio.to_thread(
+            mint, self.server, guild_id, channel_id, user_id, self.session_id
+        )
+        voice_state.update(channel_id=str(channel_id))
         state.parse_voice_state_update(voice_state)  # type: ignore[arg-type]
         if self.endpoint is not None:
             join["voice_server"]["endpoint"] = self.endpoint
@@ -112,7 +135,7 @@ class MainGateway:
         await asyncio.sleep(0.2)
         self.server = server
         user_id = str(self.client.user.id)
-        join = await asyncio.to_thread(server.join, str(guild_id), str(channel_id), user_id)
+        join = await asyncio.to_thread(mint, server, guild_id, channel_id, user_id, self.session_id)
         state.parse_voice_server_update(join["voice_server"])
 
     async def close(self, code: int = 1000) -> None:

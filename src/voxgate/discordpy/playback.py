@@ -26,8 +26,8 @@ from typing import Any
 import discord
 
 from voxgate.client import AudioPlayer, VoiceConnection, VoiceConnectionError
-from voxgate.client.dave import DaveMember
-from voxgate.client.player import PlayerState
+from voxgate.client.dave import DaveMember, DaveState
+from voxgate.client.player import E2EE_WAIT_S, PlayerState
 from voxgate.client.sources import OpusEncoder
 from voxgate.protocol.opcodes import SpeakingFlags
 
@@ -179,6 +179,16 @@ class Uplink:
         """Send through ``connection`` from now on (None: drop until the next one)."""
         self.connection = None
         self.attached.clear()
+        if connection is not None:
+            dave = connection.dave
+            if dave.connected_users and dave.state in (
+                DaveState.PENDING,
+                DaveState.AWAITING_RESPONSE,
+            ):
+                # Joining a call whose others are already in a group: frames sent before
+                # we are in it would go out in the clear and be dropped (AudioPlayer waits
+                # the same way before its first frame).
+                await connection.until_encrypted(E2EE_WAIT_S)
         if connection is not None and self._speaking:
             with contextlib.suppress(VoiceConnectionError):
                 await connection.set_speaking(self._speaking)
