@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from voxgate.bench.relay import Step, build_loadgen, holds, run, run_workers
+from voxgate.bench.relay import (
+    NOISE_LIMIT,
+    Step,
+    build_loadgen,
+    holds,
+    ratio,
+    run,
+    run_workers,
+)
+from voxgate.server import fastpath
 
 
 @pytest.mark.parametrize("generator", ["c", "python"])
@@ -16,9 +25,20 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
         loadgen, why = build_loadgen()
         if loadgen is None:
             pytest.skip(why)
-    result = await run(seconds=0.5, quick=True, ceiling=True, loadgen=loadgen)
+    result = await run(seconds=0.5, quick=True, ceiling=True, loadgen=loadgen, bare=True)
     for key in ("forwarded_pps", "ceiling_pps", "ratio", "latency_p99_ms", "loss"):
         assert key in result
+    assert result["fast_path"] == fastpath.IMPLEMENTATION
+    # Interleaved: every relay measured in each round, and each ratio has one per round
+    # (or none at all, with a note, when the rounds disagree).
+    for key in ("fanout10", "ceiling", "xchacha", "bare_python"):
+        assert {step["round"] for step in result[key]["steps"]} == {1, 2, 3}
+    for key in ("ratio", "xchacha_to_aes", "ratio_to_bare_python"):
+        assert len(result[f"{key}_rounds"]) == 3
+        spread = max(result[f"{key}_rounds"]) - min(result[f"{key}_rounds"])
+        assert result[f"{key}_spread"] == pytest.approx(spread, abs=0.002)
+        assert (result[key] is None) == (result[f"{key}_spread"] > NOISE_LIMIT)
+        assert (result[key] is None) == (f"{key}_note" in result)
     assert result["generator"] == generator
     # Every packet the generator counts was opened with the receiver's own key, so a
     # generator or relay that got a mode's layout wrong shows here as loss.
@@ -35,7 +55,7 @@ async def test_workers_bench_drives_a_two_worker_node_and_loses_nothing_at_low_r
     loadgen, why = build_loadgen()
     if loadgen is None:
         pytest.skip(why)
-    result = await run_workers((2,), seconds=0.5, quick=True, loadgen=loadgen)
+    result = await run_workers((2,), seconds=0.5, quick=True, loadgen=loadgen, rounds=1)
     steps = result["workers_2"]["steps"]
     assert [step["loss"] for step in steps] == [0.0] * len(steps)
     assert result["workers_2"]["forwarded_pps"] == steps[-1]["forwarded_pps"] > 0
@@ -61,3 +81,15 @@ def test_a_level_holds_only_without_loss_and_without_a_standing_queue() -> None:
     assert holds(_step(0.0005, 4.9))
     assert not holds(_step(0.01, 0.1))  # lost packets
     assert not holds(_step(0.0, 60.0))  # kept up only by filling its socket buffer
+
+
+def test_a_ratio_is_the_median_of_its_rounds_or_no_figure_when_they_spread() -> None:
+    def saturations(*pps: int) -> list[Step | None]:
+        return [Step(**{**_step(0.0, 0.1).__dict__, "forwarded_pps": value}) for value in pps]
+
+    steady = ratio(saturations(100, 104, 98), saturations(100, 100, 100))
+    assert (steady["median"], steady["spread"], steady["ratios"]) == (1.0, 0.06, [1.0, 1.04, 0.98])
+    noisy = ratio(saturations(100, 130, 98), saturations(100, 100, 100))
+    assert noisy["median"] is None and noisy["spread"] == 0.32 and "too noisy" in noisy["note"]
+    lost = ratio([*saturations(100, 100), None], saturations(100, 100, 100))
+    assert lost["median"] is None and "no level" in lost["note"]

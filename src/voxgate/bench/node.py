@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,14 @@ class BenchNode:
             health: dict[str, Any] = json.load(response)
         return health
 
+    def media_path(self) -> str:
+        """"native" or "python": the media path the node runs, as its /metrics says."""
+        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("voxgate_media_path{") and line.endswith(" 1.0"):
+                    return line.split('"')[1]
+        return "unknown"
+
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
@@ -96,12 +104,15 @@ def start_node(
     data_dir: Path | None = None,
     ports: tuple[int, int, int] | None = None,
     log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> BenchNode:
     """A node on free ports (or ``ports``: gateway, udp, admin), healthy on return.
 
     Pinned to ``cpu`` when given and the machine allows; logs at INFO into ``log_path``
-    when given, else only warnings, to nowhere.
+    when given, else only warnings, to nowhere. ``env`` adds to its environment (for
+    instance ``VOXGATE_NO_EXTENSIONS=1``, the pure-Python media path).
     """
+    environment = {**os.environ, **(env or {})}
     folder = data_dir or Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     port, udp_port, admin_port = ports or (free_port(), free_port(socket.SOCK_DGRAM), free_port())
@@ -130,10 +141,12 @@ def start_node(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**environment, "PYTHONUNBUFFERED": "1"},
             )
     else:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment
+        )
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
             os.sched_setaffinity(process.pid, {cpu})

@@ -235,9 +235,11 @@ class VoxgateRelay(Relay):
         self.trust = ssl.create_default_context(cafile=str(node.ca_path))
 
     @classmethod
-    def pinned(cls, cpu: int | None) -> VoxgateRelay:
-        """A single-process node pinned to ``cpu``."""
-        return cls(start_node(cpu=cpu))
+    def pinned(cls, cpu: int | None, *, python_path: bool = False) -> VoxgateRelay:
+        """A single-process node pinned to ``cpu``; ``python_path`` runs it without
+        voxgate._fastpath (``VOXGATE_NO_EXTENSIONS=1``)."""
+        env = {"VOXGATE_NO_EXTENSIONS": "1"} if python_path else None
+        return cls(start_node(cpu=cpu, env=env))
 
     async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member:
         loop = asyncio.get_running_loop()
@@ -504,56 +506,140 @@ def holds(step: Step) -> bool:
     return step.loss <= LOSS_THRESHOLD and step.latency_p50_ms <= STANDING_QUEUE_MS
 
 
-async def saturate(
-    make: Callable[[int], Relay],
+#: Rounds of the interleaved search: each gives every relay one saturation point, so each
+#: ratio one value per round.
+ROUNDS = 3
+#: The widest spread (largest minus smallest) of a ratio's rounds that still gives a
+#: figure: ±0.05 around the median. Wider, the machine was too noisy to tell.
+NOISE_LIMIT = 0.10
+
+
+@dataclass
+class Contender:
+    """A relay under test in the interleaved search, and the load it gets."""
+
+    make: Callable[[int], Relay]
+    modes: Sequence[str] = (AES,)
+    per_channel: int = 10
+    speakers: int = 2
+
+
+@dataclass
+class _Search:
+    """One relay's saturation search in one round: double until a level does not
+    :func:`hold` (or halve until one does), then bisect to within ``resolution``."""
+
+    level: int | None
+    limit: int
+    resolution: float
+    best: Step | None = None
+    failed_at: int | None = None
+
+    def record(self, step: Step) -> None:
+        if holds(step):
+            self.best = step
+        else:
+            self.failed_at = step.channels
+        self.level = self._next()
+
+    def _next(self) -> int | None:
+        if self.failed_at is None:
+            assert self.best is not None
+            level = self.best.channels * 2
+            return level if level <= self.limit else None
+        if self.best is None:
+            lower = self.failed_at // 2
+            return lower if lower >= 1 else None
+        gap = self.failed_at - self.best.channels
+        if gap > max(1, self.resolution * self.best.channels):
+            return (self.best.channels + self.failed_at) // 2
+        return None
+
+
+async def interleave(
+    contenders: dict[str, Contender],
     seconds: float,
     start: int,
     limit: int,
     loadgen: Path | None = None,
     *,
-    per_channel: int = 10,
-    speakers: int = 2,
-    modes: Sequence[str] = (AES,),
+    rounds: int = ROUNDS,
     resolution: float = 0.05,
-) -> tuple[list[Step], Step | None]:
-    """Double the channels (of ``make(channels)``, the relay under test) until a level does
-    not :func:`hold`, then bisect to within ``resolution``: the largest level that holds is
-    the saturation point. The default scenario is the issue's: fan-out 10, two speakers."""
-    steps: list[Step] = []
-    best: Step | None = None
+) -> tuple[dict[str, list[Step | None]], dict[str, list[dict[str, Any]]]]:
+    """Saturate every contender ``rounds`` times, level by level in turn (A B A B ...).
 
-    async def try_level(channels: int) -> Step:
-        relay = make(channels)
-        try:
-            step = await measure(
-                relay, channels, per_channel, speakers, modes, seconds, loadgen=loadgen
-            )
-        finally:
-            relay.stop()
-        steps.append(step)
-        return step
+    A relay measured minutes after another on a shared machine sees another machine: the
+    run of one relay to its saturation, then the other's, turns every change of background
+    load into a change of ratio. Taken in turn, a level of one and a level of the other,
+    both see the same weather; and round after round, how far apart the ratios fall says
+    how much weather there was. Round 1 starts at ``start`` channels; later rounds start
+    at half the contender's previous saturation. Returns each contender's saturation step
+    per round (None where no level held) and every step measured, with its round.
+    """
+    best: dict[str, list[Step | None]] = {name: [] for name in contenders}
+    steps: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+    for round_number in range(rounds):
+        searches = {}
+        for name in contenders:
+            previous = best[name][-1] if best[name] else None
+            first = max(1, previous.channels // 2) if previous is not None else start
+            searches[name] = _Search(first, limit, resolution)
+        while any(search.level is not None for search in searches.values()):
+            for name, contender in contenders.items():
+                search = searches[name]
+                if search.level is None:
+                    continue
+                relay = contender.make(search.level)
+                try:
+                    step = await measure(
+                        relay,
+                        search.level,
+                        contender.per_channel,
+                        contender.speakers,
+                        contender.modes,
+                        seconds,
+                        loadgen=loadgen,
+                    )
+                finally:
+                    relay.stop()
+                steps[name].append({**asdict(step), "round": round_number + 1})
+                search.record(step)
+        for name, search in searches.items():
+            best[name].append(search.best)
+    return best, steps
 
-    channels = start
-    failed_at: int | None = None
-    while channels <= limit:
-        step = await try_level(channels)
-        if not holds(step):
-            failed_at = channels
-            break
-        best = step
-        channels *= 2
-    while (
-        best is not None
-        and failed_at is not None
-        and failed_at - best.channels > max(1, resolution * best.channels)
-    ):
-        middle = (best.channels + failed_at) // 2
-        step = await try_level(middle)
-        if holds(step):
-            best = step
-        else:
-            failed_at = middle
-    return steps, best
+
+def median_pps(rounds: Sequence[Step | None]) -> int:
+    """The median saturation of a contender's rounds (0 for a round where none held)."""
+    return round(statistics.median([step.forwarded_pps if step else 0 for step in rounds]))
+
+
+def ratio(numerator: Sequence[Step | None], denominator: Sequence[Step | None]) -> dict[str, Any]:
+    """The median ratio of two contenders' saturations over the rounds, and its spread.
+
+    ``median`` is None (and ``note`` says why) when a round gave no figure or the ratios
+    spread wider than :data:`NOISE_LIMIT`: a figure from such a run would not be one.
+    """
+    ratios = [
+        a.forwarded_pps / b.forwarded_pps
+        for a, b in zip(numerator, denominator, strict=True)
+        if a is not None and b is not None and b.forwarded_pps
+    ]
+    summary: dict[str, Any] = {
+        "ratios": [round(value, 3) for value in ratios],
+        "median": round(statistics.median(ratios), 3) if ratios else None,
+        "spread": round(max(ratios) - min(ratios), 3) if ratios else None,
+    }
+    if len(ratios) < max(len(numerator), 1):
+        summary["note"] = "too noisy to give a figure: a round had no level that held"
+        summary["median"] = None
+    elif summary["spread"] > NOISE_LIMIT:
+        summary["note"] = (
+            f"too noisy to give a figure: the ratios {summary['ratios']} spread "
+            f"{summary['spread']} > {NOISE_LIMIT}; run again on a quiet machine"
+        )
+        summary["median"] = None
+    return summary
 
 
 def pin_generator(cpu: int | None) -> None:
@@ -574,6 +660,33 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _median_step(rounds: Sequence[Step | None]) -> Step | None:
+    """The round whose saturation is the median one (rounds where none held count as 0)."""
+    ranked = sorted(rounds, key=lambda step: step.forwarded_pps if step else 0)
+    return ranked[len(ranked) // 2] if ranked else None
+
+
+def _saturation(rounds: Sequence[Step | None], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    middle = _median_step(rounds)
+    return {
+        "steps": steps,
+        "forwarded_pps": median_pps(rounds),
+        "forwarded_pps_rounds": [step.forwarded_pps if step else 0 for step in rounds],
+        "saturation_channels": middle.channels if middle else 0,
+        "cpu_ms_per_1000": middle.cpu_ms_per_1000 if middle else None,
+    }
+
+
+def _put_ratio(result: dict[str, Any], key: str, summary: dict[str, Any]) -> None:
+    """``key`` (the median ratio, or None when too noisy), ``key_spread``, ``key_rounds``
+    and ``key_note``, flat in the result as the bench has always reported ratios."""
+    result[key] = summary["median"]
+    result[f"{key}_spread"] = summary["spread"]
+    result[f"{key}_rounds"] = summary["ratios"]
+    if "note" in summary:
+        result[f"{key}_note"] = summary["note"]
+
+
 async def run(
     seconds: float = 3.0,
     quick: bool = False,
@@ -581,8 +694,15 @@ async def run(
     loadgen: Path | None = None,
     loadgen_note: str = "",
     bare: bool = False,
+    rounds: int = ROUNDS,
 ) -> dict[str, Any]:
     """Every scenario of ``voxgate bench relay``; one dict of figures.
+
+    The saturations at fan-out 10 (voxgate on its default media path, the C relay,
+    voxgate with XChaCha20 members, and with ``bare`` voxgate's pure-Python path and
+    ``bare_relay.py``) are searched together, level by level in turn, ``rounds`` times
+    (:func:`interleave`); each ratio is the median of its rounds, with their spread, or
+    None with a note when the spread says the machine was too noisy.
 
     ``loadgen`` is the built C generator (:func:`build_loadgen`); without it this process
     generates the load, and its own queueing then shows in the latencies.
@@ -591,27 +711,56 @@ async def run(
     server_cpu, generator_cpu = (0, 1) if cores >= 2 else (None, None)
     pin_generator(generator_cpu)
     _raise_open_files_limit()
-    limit = 8 if quick else 512
+    limit = 4 if quick else 512
     start = 1 if quick else 8
     result: dict[str, Any] = {
         "machine": machine(),
         "seconds_per_step": seconds,
         "generator": "c" if loadgen else "python",
         "saturation_rule": SATURATION_RULE,
+        "rounds": rounds,
+        "noise_limit": NOISE_LIMIT,
     }
     if loadgen_note:
         result["generator_note"] = loadgen_note
+    probe = VoxgateRelay.pinned(server_cpu)
+    try:
+        result["fast_path"] = probe.node.media_path()
+    finally:
+        probe.stop()
 
-    steps, best = await saturate(
-        lambda channels: VoxgateRelay.pinned(server_cpu), seconds, start, limit, loadgen
+    contenders = {"voxgate": Contender(lambda channels: VoxgateRelay.pinned(server_cpu))}
+    binary = None
+    if ceiling:
+        binary, why = build_ceiling()
+        if binary is None:
+            result["ceiling_note"] = why
+        else:
+            command = [str(binary)]
+            contenders["ceiling"] = Contender(
+                lambda channels: CeilingRelay(command, channels, 10, server_cpu)
+            )
+    contenders["xchacha"] = Contender(
+        lambda channels: VoxgateRelay.pinned(server_cpu), modes=(XCHACHA,)
     )
-    result["fanout10"] = {"steps": [asdict(s) for s in steps]}
-    forwarded = best.forwarded_pps if best else 0
-    result["saturation_channels"] = best.channels if best else 0
-    result["forwarded_pps"] = forwarded
-    result["loss"] = best.loss if best else 1.0
-    result["cpu_ms_per_1000"] = best.cpu_ms_per_1000 if best else None
-    half = max(1, (best.channels if best else 1) // 2)
+    if bare:
+        if result["fast_path"] != "python":
+            contenders["python_path"] = Contender(
+                lambda channels: VoxgateRelay.pinned(server_cpu, python_path=True)
+            )
+        bare_command = [sys.executable, str(BARE_RELAY)]
+        contenders["bare_python"] = Contender(
+            lambda channels: CeilingRelay(bare_command, channels, 10, server_cpu)
+        )
+    best, steps = await interleave(contenders, seconds, start, limit, loadgen, rounds=rounds)
+
+    result["fanout10"] = _saturation(best["voxgate"], steps["voxgate"])
+    middle = _median_step(best["voxgate"])
+    result["forwarded_pps"] = result["fanout10"]["forwarded_pps"]
+    result["saturation_channels"] = middle.channels if middle else 0
+    result["loss"] = middle.loss if middle else 1.0
+    result["cpu_ms_per_1000"] = middle.cpu_ms_per_1000 if middle else None
+    half = max(1, (middle.channels if middle else 1) // 2)
     relay = VoxgateRelay.pinned(server_cpu)
     try:
         at_half = await measure(relay, half, 10, 2, [AES], seconds, loadgen=loadgen)
@@ -636,54 +785,52 @@ async def run(
         finally:
             relay.stop()
 
+    result["xchacha"] = _saturation(best["xchacha"], steps["xchacha"])
+    _put_ratio(result, "xchacha_to_aes", ratio(best["xchacha"], best["voxgate"]))
+
     result["ceiling_pps"] = None
     result["ratio"] = None
-    if ceiling:
-        binary, why = build_ceiling()
-        if binary is None:
-            result["ceiling_note"] = why
-        else:
-            steps, best_ceiling = await saturate(
-                lambda channels: CeilingRelay([str(binary)], channels, 10, server_cpu),
-                seconds,
-                start,
-                limit,
-                loadgen,
+    if "ceiling" in contenders:
+        result["ceiling"] = _saturation(best["ceiling"], steps["ceiling"])
+        result["ceiling_pps"] = result["ceiling"]["forwarded_pps"]
+        result["ceiling_saturation_channels"] = result["ceiling"]["saturation_channels"]
+        _put_ratio(result, "ratio", ratio(best["voxgate"], best["ceiling"]))
+        # Generator-independent: CPU per forwarded packet at the largest load both relays
+        # held, the median over the rounds that measured that level.
+        ours = _cpu_by_level(steps["voxgate"])
+        theirs = _cpu_by_level(steps["ceiling"])
+        common = sorted(set(ours) & set(theirs))
+        if common:
+            top = common[-1]
+            result["cpu_ratio"] = round(
+                statistics.median(theirs[top]) / statistics.median(ours[top]), 3
             )
-            result["ceiling"] = {"steps": [asdict(s) for s in steps]}
-            ceiling_pps = best_ceiling.forwarded_pps if best_ceiling else 0
-            result["ceiling_pps"] = ceiling_pps
-            result["ceiling_saturation_channels"] = best_ceiling.channels if best_ceiling else 0
-            result["ratio"] = round(forwarded / ceiling_pps, 3) if ceiling_pps else None
-            # Generator-independent: CPU per forwarded packet at the largest load both
-            # relays held.
-            ours = {step["channels"]: step for step in result["fanout10"]["steps"]}
-            common = [
-                step
-                for step in steps
-                if holds(step) and step.channels in ours and holds(Step(**ours[step.channels]))
-            ]
-            if common:
-                top = max(common, key=lambda step: step.channels)
-                result["cpu_ratio"] = round(
-                    top.cpu_ms_per_1000 / ours[top.channels]["cpu_ms_per_1000"], 3
-                )
-            if steps and all(holds(step) for step in steps):
-                result["ceiling_note"] = "the C relay held every level tried: its ceiling is higher"
+        if all(holds(Step(**_fields(step))) for step in steps["ceiling"]):
+            result["ceiling_note"] = "the C relay held every level tried: its ceiling is higher"
     if bare:
-        command = [sys.executable, str(BARE_RELAY)]
-        steps, best_bare = await saturate(
-            lambda channels: CeilingRelay(command, channels, 10, server_cpu),
-            seconds,
-            start,
-            limit,
-            loadgen,
-        )
-        result["bare_python"] = {"steps": [asdict(s) for s in steps]}
-        result["bare_python_pps"] = best_bare.forwarded_pps if best_bare else 0
-        if result["bare_python_pps"]:
-            result["ratio_to_bare_python"] = round(forwarded / result["bare_python_pps"], 3)
+        python_key = "python_path" if "python_path" in contenders else "voxgate"
+        result["python_path"] = _saturation(best[python_key], steps[python_key])
+        result["python_path_pps"] = result["python_path"]["forwarded_pps"]
+        result["bare_python"] = _saturation(best["bare_python"], steps["bare_python"])
+        result["bare_python_pps"] = result["bare_python"]["forwarded_pps"]
+        _put_ratio(result, "ratio_to_bare_python", ratio(best[python_key], best["bare_python"]))
+        if python_key != "voxgate":
+            _put_ratio(result, "native_to_python", ratio(best["voxgate"], best[python_key]))
     return result
+
+
+def _fields(step: dict[str, Any]) -> dict[str, Any]:
+    """A step's dict as :class:`Step` takes it (without the round it was measured in)."""
+    return {name: value for name, value in step.items() if name != "round"}
+
+
+def _cpu_by_level(steps: list[dict[str, Any]]) -> dict[int, list[float]]:
+    """CPU-ms per 1000 forwarded at each level that held, over the rounds."""
+    levels: dict[int, list[float]] = {}
+    for step in steps:
+        if holds(Step(**_fields(step))) and step["cpu_ms_per_1000"]:
+            levels.setdefault(step["channels"], []).append(step["cpu_ms_per_1000"])
+    return levels
 
 
 async def run_workers(
@@ -691,8 +838,11 @@ async def run_workers(
     seconds: float = 3.0,
     quick: bool = False,
     loadgen: Path | None = None,
+    rounds: int = ROUNDS,
 ) -> dict[str, Any]:
-    """Saturation at fan-out 10 of ``voxgate serve --workers N`` for each N in ``counts``.
+    """Saturation at fan-out 10 of ``voxgate serve --workers N`` for each N in ``counts``,
+    searched level by level in turn, ``rounds`` times (:func:`interleave`); ``scaling`` is
+    the median ratio of the last count to the first, with its spread.
 
     Worker i is pinned to core i; the generator stays on core 1, so on a two-core machine
     the second worker shares its core with the generator and the scaling shown is what is
@@ -707,26 +857,21 @@ async def run_workers(
         "generator": "c" if loadgen else "python",
         "generator_cpu": 1 if cores >= 2 else None,
         "saturation_rule": SATURATION_RULE,
+        "rounds": rounds,
+        "noise_limit": NOISE_LIMIT,
     }
-    by_count: dict[int, Step | None] = {}
-    for count in counts:
-        steps, best = await saturate(
-            lambda channels, count=count: WorkersRelay(count),
-            seconds,
-            1 if quick else 8,
-            8 if quick else 1024,
-            loadgen,
-        )
-        by_count[count] = best
-        result[f"workers_{count}"] = {
-            "steps": [asdict(step) for step in steps],
-            "forwarded_pps": best.forwarded_pps if best else 0,
-            "saturation_channels": best.channels if best else 0,
-            "cpu_ms_per_1000": best.cpu_ms_per_1000 if best else None,
-        }
-    first, last = by_count.get(counts[0]), by_count.get(counts[-1])
-    if first and last and first.forwarded_pps:
-        result["scaling"] = round(last.forwarded_pps / first.forwarded_pps, 3)
+    contenders = {
+        f"workers_{count}": Contender(lambda channels, count=count: WorkersRelay(count))
+        for count in counts
+    }
+    best, steps = await interleave(
+        contenders, seconds, 1 if quick else 8, 4 if quick else 1024, loadgen, rounds=rounds
+    )
+    for name in contenders:
+        result[name] = _saturation(best[name], steps[name])
+    first, last = f"workers_{counts[0]}", f"workers_{counts[-1]}"
+    if first != last:
+        _put_ratio(result, "scaling", ratio(best[last], best[first]))
     if cores < max(counts) + 1:
         result["note"] = (
             f"{cores} cores for {max(counts)} workers and the generator: the workers beyond "

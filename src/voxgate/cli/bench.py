@@ -51,8 +51,14 @@ def relay(
     bare: bool = typer.Option(
         False, help="Also measure bench/ceiling/bare_relay.py, the least Python that relays."
     ),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds (at least 3 for a figure)."),
 ) -> None:
-    """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling."""
+    """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling.
+
+    voxgate and the C relay (and with --bare voxgate's Python path and the bare Python
+    relay) are measured in turn, level by level, --rounds times; each ratio is the median of
+    its rounds with their spread, and no figure at all when the spread exceeds +-0.05.
+    """
     from voxgate.bench.relay import build_loadgen, run
 
     loadgen, why = build_loadgen()
@@ -69,32 +75,52 @@ def relay(
             loadgen=loadgen,
             loadgen_note=why,
             bare=bare,
+            rounds=rounds,
         )
     )
     if as_json:
         typer.echo(json.dumps(result))
         return
-    typer.echo(f"machine: {result['machine']}, generator: {result['generator']}")
+    typer.echo(
+        f"machine: {result['machine']}, generator: {result['generator']}, "
+        f"media path: {result['fast_path']}, {result['rounds']} interleaved rounds"
+    )
     if result.get("generator_note"):
         typer.echo(f"note: {result['generator_note']}")
-    for name, key in (("voxgate", "fanout10"), ("ceiling", "ceiling"), ("bare", "bare_python")):
+    for name, key in (
+        ("voxgate", "fanout10"),
+        ("ceiling", "ceiling"),
+        ("xchacha", "xchacha"),
+        ("python", "python_path"),
+        ("bare", "bare_python"),
+    ):
         for step in result.get(key, {}).get("steps", []):
             typer.echo(
-                f"  {name:7} {step['channels']:4d} channels x10: {step['forwarded_pps']:8d} pps "
-                f"forwarded, loss {step['loss']:.4f}, cpu {step['server_cpu']:.2f}, "
-                f"p99 {step['latency_p99_ms']} ms"
+                f"  round {step['round']} {name:7} {step['channels']:4d} channels x10: "
+                f"{step['forwarded_pps']:8d} pps forwarded, loss {step['loss']:.4f}, "
+                f"cpu {step['server_cpu']:.2f}, p99 {step['latency_p99_ms']} ms"
             )
     typer.echo(
-        f"saturation: voxgate {result['forwarded_pps']} pps, ceiling {result['ceiling_pps']} "
-        f"pps, ratio {result['ratio']}; at half: p50 {result['latency_p50_ms']} ms, "
-        f"p99 {result['latency_p99_ms']} ms; {result['cpu_ms_per_1000']} cpu-ms per 1000; "
+        f"saturation (median of rounds): voxgate {result['forwarded_pps']} pps "
+        f"{result['fanout10']['forwarded_pps_rounds']}, ceiling {result['ceiling_pps']} pps; "
+        f"at half: p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms; "
+        f"{result['cpu_ms_per_1000']} cpu-ms per 1000; "
         f"RSS per session {result['rss_per_session_kb']} KB"
     )
-    if result.get("bare_python_pps"):
-        typer.echo(
-            f"bare Python relay: {result['bare_python_pps']} pps; voxgate is "
-            f"{result['ratio_to_bare_python']} of it"
-        )
+    for label, key in (
+        (f"voxgate ({result['fast_path']}) / C relay", "ratio"),
+        ("XChaCha20 / AES-GCM", "xchacha_to_aes"),
+        ("voxgate (python) / bare Python relay", "ratio_to_bare_python"),
+        ("native / python path", "native_to_python"),
+    ):
+        if f"{key}_rounds" in result:
+            figure = result[key] if result[key] is not None else "no figure"
+            typer.echo(
+                f"{label}: {figure} (spread {result[f'{key}_spread']}, rounds "
+                f"{result[f'{key}_rounds']})"
+            )
+            if result.get(f"{key}_note"):
+                typer.echo(f"  {result[f'{key}_note']}")
     for name in ("fanout100", "mixed_modes"):
         step = result[name]
         typer.echo(
@@ -110,8 +136,10 @@ def workers(
     counts: str = typer.Option("1,2", help="Worker counts to compare, comma-separated."),
     seconds: float = typer.Option(3.0, help="Measured seconds per load step."),
     quick: bool = typer.Option(False, help="A few small steps only (a smoke run)."),
+    rounds: int = typer.Option(3, min=1, help="Interleaved rounds (at least 3 for a figure)."),
 ) -> None:
-    """Saturation of ``voxgate serve --workers N`` for each N, and the scaling between them."""
+    """Saturation of ``voxgate serve --workers N`` for each N, measured in turn level by
+    level --rounds times, and the scaling between them (median, spread)."""
     from voxgate.bench.relay import build_loadgen, run_workers
 
     try:
@@ -122,7 +150,11 @@ def workers(
     if loadgen is None:
         install_uvloop()
     typer.echo(
-        json.dumps(asyncio.run(run_workers(numbers, seconds=seconds, quick=quick, loadgen=loadgen)))
+        json.dumps(
+            asyncio.run(
+                run_workers(numbers, seconds=seconds, quick=quick, loadgen=loadgen, rounds=rounds)
+            )
+        )
     )
 
 

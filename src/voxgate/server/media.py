@@ -17,6 +17,9 @@ A datagram is one of four things, told apart by length and first bytes (PROTOCOL
 
 Anything else is dropped and counted by reason in :class:`NodeStats`. Nothing here logs
 per packet or raises.
+
+With ``voxgate._fastpath`` built, C reads the socket and relays the RTP of the two AEAD
+modes itself (``server/fastpath.py``), and every other datagram still comes here.
 """
 
 from __future__ import annotations
