@@ -186,7 +186,8 @@ def record(
     path = f"/v1/recordings/{urllib.parse.quote(recording_id, safe='')}"
     current = started
     try:
-        with Live(_progress(current), console=console, refresh_per_second=8) as live:
+        progress = Live(_progress(current), console=console, refresh_per_second=8, transient=True)
+        with progress as live:
             while current["state"] in ("starting", "recording"):
                 time.sleep(0.25)
                 current = api.request("GET", path)
