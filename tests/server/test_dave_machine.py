@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.server.dave_call import DavePeer, DaveyPeer, InProcessCall, LibdavePeer
 from voxgate.protocol import mls
@@ -510,3 +512,64 @@ def test_replayed_commit_of_an_earlier_epoch_is_ignored(call, peer) -> None:
     assert call.group.counters.commits_rejected["epoch"] == 2
     assert call.group.epoch == 1
     _assert_call(call)
+
+
+# --- any order at all ----------------------------------------------------------------
+
+_STEP = st.one_of(
+    st.tuples(st.just("join"), st.sampled_from(["davey", "libdave", "legacy"])),
+    st.tuples(st.just("leave"), st.integers(0, 7)),
+    st.tuples(st.just("hold"), st.integers(0, 7)),
+    st.tuples(st.just("release"), st.integers(0, 7)),
+    st.tuples(st.just("fail"), st.integers(0, 7)),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, READY_TIMEOUT_S + 0.1])),
+)
+
+
+def _fail(call: InProcessCall, peer: DavePeer) -> None:
+    """The member cannot process the next commit or Welcome it gets (op 31, reset, op 26)."""
+    peer.fail_next = True
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(_STEP, max_size=24))
+def test_any_order_of_joins_leaves_failures_and_delays_ends_in_one_group(steps) -> None:
+    call = InProcessCall(DaveGroup(CHANNEL, mls.ExternalSender()))
+    ids = iter(range(5001, 5100))
+    for step, arg in steps:
+        present = list(call.peers.values())
+        if step == "join":
+            user = str(next(ids))
+            if arg == "legacy":
+                call.join(LegacyPeer(user, CHANNEL), dave=False)
+            else:
+                call.join(KINDS[arg](user, CHANNEL))
+        elif present and step == "leave":
+            call.leave(present[arg % len(present)].user_id)
+        elif present and step == "hold":
+            call.hold(present[arg % len(present)].user_id)
+        elif present and step == "release":
+            call.release(present[arg % len(present)].user_id)
+        elif present and step == "fail":
+            _fail(call, present[arg % len(present)])
+        elif step == "advance":
+            call.advance(arg)
+    for user in list(call.held):
+        call.release(user)
+    for _ in range(3):
+        call.advance(READY_TIMEOUT_S + 0.1)
+    group = call.group
+    assert group.counters.ignored["internal_error"] == 0
+    dave = call.dave_peers()
+    legacy = [p for p in call.peers.values() if group.is_legacy(p.user_id)]
+    assert not group.transitions
+    if legacy:
+        assert group.state is GroupState.DOWNGRADED
+        assert group.filters_media == bool(dave)
+        assert all(peer.protocol_version == 0 for peer in dave)
+    elif len(dave) >= 2:
+        for peer in dave:
+            peer.failures.clear()  # the ones the test made
+        _assert_call(call)
+    elif dave:
+        assert group.members[dave[0].user_id].state in (MemberState.PENDING, MemberState.MEMBER)
