@@ -321,9 +321,6 @@ class DaveGroup:
             return None
         return min(transition.deadline for transition in self.transitions.values())
 
-    def member_at(self, leaf: int) -> str | None:
-        return self.leaves[leaf] if 0 <= leaf < len(self.leaves) else None
-
     # --- events --------------------------------------------------------------------------
 
     def handle(self, event: Event, now: float) -> list[Output]:
