@@ -417,3 +417,41 @@ def test_a_processed_commit_awaits_its_execution_before_the_new_key_is_everyones
     # ...op 22, which says every member has the key.
     assert (a.dave.awaiting_execute, b.dave.awaiting_execute) == (None, None)
     assert a.dave.transitions_executed == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (MlsExternalSender(external_sender=b"\x00garbage"), []),
+        (MlsProposals(operation_type=0, proposals=b"\x05\x00\x01\x02\x03\x04"), []),
+        (MlsProposals(operation_type=1, proposals=b"\x40\x20" + bytes(32)), []),
+        (
+            MlsAnnounceCommitTransition(transition_id=3, commit=b"\x00\x01\x00\x01junk"),
+            [MlsInvalidCommitWelcome, MlsKeyPackage],
+        ),
+        (MlsWelcome(transition_id=4, welcome=b""), [MlsInvalidCommitWelcome, MlsKeyPackage]),
+        (DaveExecuteTransition(transition_id=999), []),
+        (ClientsConnect(user_ids=["not-a-snowflake", "-1", "1" * 30]), []),
+    ],
+)
+def test_garbage_from_the_server_never_breaks_the_member(
+    message: ServerMessage, expected: list[type]
+) -> None:
+    gateway, a, b = Gateway(), Member("14001"), Member("14002")
+    first_group(gateway, a, b)
+    code = a.dave.privacy_code
+    replies = a.send(message)
+    assert [type(reply) for reply in replies] == expected
+    if not expected:
+        # Ignored: the member keeps its group and its audio.
+        assert a.dave.privacy_code == code
+        frame = a.dave.encrypt(OPUS)
+        assert frame is not None and b.dave.decrypt(a.user_id, frame) == OPUS
+    assert a.dave.connected_users == {"14002"}
+
+
+def test_ids_that_cannot_be_mls_identities_join_without_dave() -> None:
+    member = Member("alice")
+    assert member.dave.state is DaveState.DISABLED
+    assert json.loads(member.gateway.identify())["d"]["max_dave_protocol_version"] == 0
+    assert member.dave.decrypt("bob", OPUS) == OPUS

@@ -58,6 +58,12 @@ _PROPOSALS_OPERATION = {
 #: davey's SessionStatus by its int value (its enum members are not hashable). Inactive:
 #: the key package is sent and the external sender (op 25) has not come yet.
 _STATUS = ("pending", "pending", "awaiting_response", "active")
+#: What davey raises for input it cannot take (PyO3 maps its errors to these).
+_DAVEY_ERRORS = (ValueError, TypeError, OverflowError, RuntimeError)
+
+
+def _is_snowflake(value: str) -> bool:
+    return value.isascii() and value.isdigit() and int(value) < 1 << 64
 
 
 class DaveState(enum.Enum):
@@ -87,7 +93,13 @@ class DaveMember:
     def __init__(self, user_id: str, channel_id: str, *, enabled: bool = True) -> None:
         self.user_id = user_id
         self.channel_id = channel_id
-        self.enabled = enabled
+        # The MLS identity and group id are the ids as u64 (DAVE.md §3): other ids cannot
+        # be in a DAVE group, so such a join identifies without it.
+        self.enabled = enabled and _is_snowflake(user_id) and _is_snowflake(channel_id)
+        if enabled and not self.enabled:
+            log.warning(
+                "ids %r / %r are not u64 snowflakes: joining without DAVE", user_id, channel_id
+            )
         #: The version in force: op 4's, then what transitions and epochs change it to.
         self.protocol_version = 0
         self.downgraded = False
@@ -161,7 +173,7 @@ class DaveMember:
             return None
         try:
             return self._session.get_verification_code(int(user_id))
-        except ValueError:
+        except _DAVEY_ERRORS:
             return None
 
     def epoch_authenticator(self) -> bytes | None:
@@ -180,7 +192,7 @@ class DaveMember:
             stats = (
                 None if self._session is None else self._session.get_decryption_stats(int(user_id))
             )
-        except ValueError:  # no decryptor for that user
+        except _DAVEY_ERRORS:  # no decryptor for that user
             stats = None
         if stats is None:
             return 0, 0, 0
@@ -200,7 +212,7 @@ class DaveMember:
                 self.protocol_version = message.dave_protocol_version if self.enabled else 0
                 return self._reinit()
             case ClientsConnect():
-                self.connected_users.update(message.user_ids)
+                self.connected_users.update(filter(_is_snowflake, message.user_ids))
                 self.connected_users.discard(self.user_id)
             case ClientDisconnect():
                 self.connected_users.discard(message.user_id)
@@ -227,7 +239,7 @@ class DaveMember:
             case MlsExternalSender():
                 try:
                     session.set_external_sender(message.external_sender)
-                except ValueError as exc:
+                except _DAVEY_ERRORS as exc:
                     log.warning("DAVE external sender rejected: %s", exc)
             case MlsProposals():
                 return self._proposals(session, message)
@@ -247,7 +259,7 @@ class DaveMember:
             result = session.process_proposals(
                 operation, message.proposals, [int(user) for user in self.connected_users]
             )
-        except ValueError as exc:
+        except _DAVEY_ERRORS as exc:
             self.proposals_rejected += 1
             log.warning("DAVE proposals rejected: %s", exc)
             return []
@@ -264,7 +276,7 @@ class DaveMember:
                 self._session.process_welcome(payload)
             else:
                 self._session.process_commit(payload)
-        except ValueError as exc:
+        except _DAVEY_ERRORS as exc:
             # Someone else's commit won while we were pending, or the message is bad: leave
             # the group we had and start over (DAVE.md §4.2 step 5, §4.6).
             log.info("DAVE transition %d: %s; recovering", transition_id, exc)
@@ -329,7 +341,7 @@ class DaveMember:
             return opus  # no group yet: nobody to encrypt for (DAVE.md §4.1)
         try:
             frame = session.encrypt_opus(opus)
-        except ValueError:
+        except _DAVEY_ERRORS:
             self.encrypt_failures += 1
             return None
         self.frames_encrypted += 1
@@ -367,7 +379,7 @@ class DaveMember:
             return None
         try:
             opus = session.decrypt(int(user_id), davey.MediaType.audio, payload)
-        except (ValueError, RuntimeError):
+        except _DAVEY_ERRORS:
             # davey's errors for an unknown sender, a ratchet not known yet, a bad tag, and
             # plain Opus with passthrough off: dropped, told apart by the frame itself.
             if dave_frame:
