@@ -12,6 +12,7 @@ from voxgate.client.connection import (
     VoiceConnectionError,
     VoiceEvent,
 )
+from voxgate.client.dave import DaveMember, DaveState
 from voxgate.client.gateway import VoiceJoin
 from voxgate.client.player import AudioPlayer
 from voxgate.client.receiver import AudioReceiver
@@ -23,6 +24,8 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionReady",
     "ConnectionResumed",
+    "DaveMember",
+    "DaveState",
     "FFmpegSource",
     "MemberDisconnected",
     "MemberSpeaking",
