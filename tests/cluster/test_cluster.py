@@ -229,6 +229,22 @@ async def test_channels_spread_over_the_nodes_and_every_node_sends_a_channel_to_
     await _audio_arrives_byte_exact(speaker, listener)
     for connection in (speaker, listener):
         await connection.close()
+    metrics = _metrics(first)
+    assert metrics["voxgate_placement_seconds_count"] >= 7  # first's own placements
+    assert metrics["voxgate_cluster_nodes_live"] == 3
+    assert metrics["voxgate_cluster_channels_placed"] == 6
+
+
+async def test_a_node_stopped_cleanly_has_its_channel_placed_again_at_once(
+    cluster: Cluster, redis_url: str
+) -> None:
+    first, second = cluster.start(redis_url, 2)
+    assert await _placed(second, "moving") == cluster.endpoint(first)
+    first.stop()  # SIGTERM: the node drops its liveness key on the way out
+    store = aioredis.Redis.from_url(redis_url)
+    assert await _missing(store, "vg:alive:n0")
+    await store.aclose()
+    assert await _placed(second, "moving") == cluster.endpoint(second)
 
 
 async def test_a_token_for_the_hosting_node_is_refused_by_another_with_4004(
