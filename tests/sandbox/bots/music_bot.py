@@ -41,10 +41,12 @@ async def join(member: discord.Member) -> str:
         return "join a voice channel first"
     channel = member.voice.channel
     voice = member.guild.voice_client
+    if voice is not None and voice.channel != channel:
+        # Leave and join again rather than move_to(), which can wait 30 s for its old socket.
+        await voice.disconnect()
+        voice = None
     if voice is None:
         await channel.connect(cls=voice_recv.VoiceRecvClient, self_deaf=False)
-    elif voice.channel != channel:
-        await voice.move_to(channel)
     return f"joined {channel.id}"
 
 
