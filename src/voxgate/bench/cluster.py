@@ -211,11 +211,13 @@ async def run(
     relay_channels: int = 0,
     relay_seconds: float = 3.0,
     loadgen: Path | None = None,
+    holding_s: float | None = None,
 ) -> dict[str, Any]:
     """Start Redis and ``nodes`` nodes, measure, stop them all; returns the figures.
 
     ``relay_channels`` > 0 also puts that fixed relay load on a plain node and on a node of
-    a one-node cluster, one after the other, to compare their throughput.
+    a one-node cluster, one after the other, to compare their throughput. ``holding_s``
+    is the window for heartbeats holding claims (default: one full reconcile per node).
     """
     folder = Path(tempfile.mkdtemp(prefix="voxgate-bench-cluster-"))
     server = RedisServer().start()
@@ -248,7 +250,10 @@ async def run(
         # window holding one full reconcile per node (the others read only what changed).
         await asyncio.sleep(HEARTBEAT_S * 2)
         held_sent, held_total, held_cpu, held = await _idle(
-            server.port, nodes, max(idle_s, FULL_EVERY * HEARTBEAT_S), baseline
+            server.port,
+            nodes,
+            holding_s if holding_s is not None else max(idle_s, FULL_EVERY * HEARTBEAT_S),
+            baseline,
         )
         result = {
             "nodes": nodes,
