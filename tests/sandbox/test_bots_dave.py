@@ -45,6 +45,11 @@ async def test_discord_js_bot_plays_and_hears_byte_exact_through_dave(
     await alice.play(speech)
     await command(sandbox, alice, "!save", rf"packets from {alice.user_id}", bot)
     assert audio(recorded(recordings, alice.user_id)) == ogg_packets(speech)
+    print(
+        f"under DAVE (privacy code {alice.connection.dave.privacy_code}) alice heard the "
+        f"discord.js bot's {len(heard.audio)} packets and it heard her "
+        f"{len(ogg_packets(speech))}, byte for byte after decryption"
+    )
 
 
 async def test_discord_py_bot_plays_through_dave_but_voice_recv_records_ciphertext(
@@ -72,3 +77,7 @@ async def test_discord_py_bot_plays_through_dave_but_voice_recv_records_cipherte
     assert len(got) >= len(sent) - 5
     assert not set(got) & set(sent)
     assert all(packet.endswith(DAVE_MARKER) for packet in got)
+    print(
+        f"under DAVE the discord.py bot recorded {len(got)} DAVE frames from alice, none of "
+        f"them one of the {len(sent)} Opus packets she spoke"
+    )
