@@ -55,19 +55,22 @@ class Cluster:
     nodes: list[BenchNode] = field(default_factory=list)
 
     def start(self, redis_url: str, count: int = 1) -> list[BenchNode]:
-        started = []
-        for _ in range(count):
-            index = len(self.nodes)
-            data_dir = self.folder / f"n{index}"
-            share_tls(self.folder / "shared", [data_dir])
-            node = start_cluster_node(
-                redis_url, f"n{index}", data_dir, self.secrets,
-                log_path=data_dir / "serve.log", args=_dave_off(),
-            )  # fmt: skip
-            self.nodes.append(node)
-            started.append(node)
+        """``count`` nodes, once the Redis places new channels."""
+        started = [self.start_one(redis_url) for _ in range(count)]
         _wait_settled(redis_url)
         return started
+
+    def start_one(self, redis_url: str) -> BenchNode:
+        """One more node ``n<i>``, without waiting for Redis (which may not be up)."""
+        index = len(self.nodes)
+        data_dir = self.folder / f"n{index}"
+        share_tls(self.folder / "shared", [data_dir])
+        node = start_cluster_node(
+            redis_url, f"n{index}", data_dir, self.secrets,
+            log_path=data_dir / "serve.log", args=_dave_off(),
+        )  # fmt: skip
+        self.nodes.append(node)
+        return node
 
     @property
     def trust(self) -> ssl.SSLContext:
@@ -454,6 +457,25 @@ async def test_a_redis_restart_keeps_every_call_and_the_nodes_register_again(
         assert metrics["voxgate_cluster_nodes_live"] == 2
         for connection in (speaker, listener):
             await connection.close()
+    finally:
+        server.stop()
+
+
+async def test_a_node_started_while_redis_is_down_serves_and_registers_once_it_is_up(
+    cluster: Cluster,
+) -> None:
+    server = RedisServer(port=free_port())  # not started yet
+    try:
+        node = await asyncio.to_thread(cluster.start_one, server.url)
+        health = node.health()
+        assert health["status"] == "degraded" and health["cluster"]["redis"] == "unreachable"
+        status, body = await asyncio.to_thread(_join_status, node, "early")
+        assert status == 503 and body["retry"] is True
+        server.start()
+        await _eventually(lambda: node.health()["cluster"]["redis"] == "ok")
+        await asyncio.to_thread(_wait_settled, server.url)
+        assert await _placed(node, "early") == cluster.endpoint(node)
+        assert "Redis reachable again after" in cluster.log(node)
     finally:
         server.stop()
 
