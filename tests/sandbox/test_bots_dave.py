@@ -38,7 +38,9 @@ async def test_discord_js_bot_plays_and_hears_byte_exact_through_dave(
     await command(sandbox, alice, f"!play {song}", "^finished", bot)
     heard = await alice.wait_heard(bot, packets=len(ogg_packets(song)), quiet=0.5)
     assert heard.audio == ogg_packets(song)
-    assert alice.connection is not None and alice.connection.dave.enabled
+    # They came end-to-end encrypted: alice opened each with the bot's DAVE key.
+    assert alice.connection is not None and alice.connection.dave.ready
+    assert alice.connection.dave.frames_decrypted >= len(ogg_packets(song))
 
     await command(sandbox, alice, "!listen", "^listening$", bot)
     speech, _ = tones(2.0, 13)
@@ -66,6 +68,8 @@ async def test_discord_py_bot_plays_through_dave_but_voice_recv_records_cipherte
     await command(sandbox, alice, f"!play {song}", "^finished", bot)
     heard = await alice.wait_heard(bot, packets=len(ogg_packets(song)), quiet=0.5)
     assert as_played("music_bot.py", heard.audio) == ogg_packets(song)
+    assert alice.connection is not None
+    assert alice.connection.dave.frames_decrypted >= len(ogg_packets(song))
 
     # What alice says, the bot's recorder keeps encrypted: DAVE frames, not her Opus.
     await command(sandbox, alice, "!listen", "^listening$", bot)
