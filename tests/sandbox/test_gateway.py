@@ -572,3 +572,22 @@ async def test_discord_py_follows_a_moderator_dragging_it_to_another_channel(
 
     await sandbox.wait_for(in_lounge, timeout=20)
     await bot.wait(lambda: voice.is_connected() and voice.channel.id == lounge_id)
+
+
+async def test_discord_py_move_to_another_channel_completes(
+    sandbox: Sandbox, dpy_bots: DpyBots
+) -> None:
+    """discord.py's own move_to, right after connecting: its UDP reader is still waiting on
+    the old socket, which the sandbox wakes once the bot identifies again."""
+    bot = await dpy_bots(0)
+    lounge_id = sandbox.create_voice_channel(sandbox.guild_id, "Lounge")
+    await bot.wait(lambda: bot.client.get_channel(lounge_id))
+    general = bot.client.get_channel(sandbox.voice_channel_id)
+    lounge = bot.client.get_channel(lounge_id)
+    assert isinstance(general, discord.VoiceChannel) and isinstance(lounge, discord.VoiceChannel)
+    voice = await general.connect(timeout=20)
+    await voice.move_to(lounge, timeout=15)
+    assert voice.is_connected() and voice.channel.id == lounge_id
+    assert sandbox.node is not None
+    (session,) = sandbox.node.router.sessions.values()
+    assert session.described and session.channel.key[1] == str(lounge_id)

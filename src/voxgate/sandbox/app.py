@@ -31,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+from voxgate.protocol.opcodes import CloseCode
 from voxgate.sandbox.gateway import (
     DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_RESUME_GRACE_S,
@@ -62,6 +63,9 @@ DAVE_POLICIES = ("off", "preferred", "required")
 DEFAULT_DAVE = "required"
 #: Log lines kept for :meth:`Sandbox.logs`.
 LOG_LINES = 5000
+#: An empty RTCP receiver report (no blocks, ssrc 0): what wakes a moved discord.py
+#: client's reader on its old socket (:meth:`Sandbox._wake_old_sockets`).
+WAKE_DATAGRAM = b"\x80\xc9\x00\x01\x00\x00\x00\x00"
 #: How long a voice-server failover leaves the endpoint null before the new one.
 FAILOVER_GAP_S = 0.25
 
@@ -140,9 +144,9 @@ class Sandbox:
         self._logs = _LogBuffer()
         self._logger_level = logging.NOTSET
         self._changed = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runners: list[web.AppRunner] = []
         self._unhandled: list[str] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Called as ``callback(user_id, voice_state, voice_server)`` (sync or async) when a
         #: simulated user is moved by someone else (:meth:`move_member`, a bot's REST call),
         #: so that its voice client can follow to the new channel.
@@ -451,8 +455,6 @@ class Sandbox:
     ) -> None:
         """End ``user_id``'s voice sessions in ``guild_id`` on the node (only the one of
         ``session_id`` when given), closing their WebSockets with 4014."""
-        from voxgate.protocol.opcodes import CloseCode
-
         if self.node is None:
             return
         router = self.node.router
@@ -644,10 +646,47 @@ class Sandbox:
         if current is not None and current.channel_id != channel_id:
             # A move: as Discord's voice server does, the old voice WebSocket is closed with
             # 4014, and discord.py reconnects with the update it just got.
+            self._wake_old_sockets(guild_id, session.user_id, session.session_id)
             self._end_voice_sessions(guild_id, session.user_id, "moved to another channel")
             log.info("%s moved to voice channel %d", session.bot.user.username, channel_id)
             return
         log.info("%s joined voice channel %d", session.bot.user.username, channel_id)
+
+    def _wake_old_sockets(self, guild_id: int, user_id: int, session_id: str) -> None:
+        """Once the moved client identifies again, send one RTCP-shaped datagram to the UDP
+        address of its old voice session.
+
+        discord.py makes a new UDP socket for a move but its reader thread may still sit in
+        ``select()`` on the old one for up to 30 s, longer than the new IP discovery waits,
+        and the move then times out. On Discord the old socket still gets a packet now and
+        then; here nothing else would send to it.
+        """
+        if self.node is None:
+            return
+        addresses = [
+            voice.address
+            for voice in self.node.router.sessions.values()
+            if voice.guild_id == str(guild_id)
+            and voice.user_id == str(user_id)
+            and voice.address is not None
+        ]
+        if not addresses:
+            return
+        old = self.node.router.sessions.get(session_id)
+
+        async def wake() -> None:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and self.node is not None:
+                current = self.node.router.sessions.get(session_id)
+                if current is not None and current is not old:
+                    for address in addresses:
+                        self.node.router.sendto(WAKE_DATAGRAM, address)
+                    return
+                await asyncio.sleep(0.02)
+
+        task = asyncio.get_running_loop().create_task(wake())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _voice_connected(self, session_id: str, channel_id: int) -> bool:
         if self.node is None:

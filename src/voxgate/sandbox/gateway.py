@@ -54,6 +54,8 @@ DEFAULT_HEARTBEAT_INTERVAL_MS = 41250
 #: How long a session whose WebSocket dropped may be resumed.
 DEFAULT_RESUME_GRACE_S = 60.0
 SUPPORTED_VERSIONS = ("9", "10")
+#: How long op 4 waits for its answer: Discord's is a network round trip away.
+VOICE_ANSWER_DELAY_S = 0.05
 #: Close codes with which a client ends its session on purpose (no resume).
 ENDING_CLOSE_CODES = frozenset({1000, 1001})
 
@@ -258,8 +260,10 @@ class Gateway:
         allow_privileged: bool = True,
         heartbeat_interval_ms: float = DEFAULT_HEARTBEAT_INTERVAL_MS,
         resume_grace_s: float = DEFAULT_RESUME_GRACE_S,
+        voice_answer_delay_s: float = VOICE_ANSWER_DELAY_S,
     ) -> None:
         self.model = model
+        self.voice_answer_delay_s = voice_answer_delay_s
         self.backend = backend
         self.resume_url = resume_url
         self.allow_privileged = allow_privileged
@@ -512,11 +516,37 @@ class Gateway:
             self_mute = bool(_field(data, "self_mute", bool, optional=True))
             self_deaf = bool(_field(data, "self_deaf", bool, optional=True))
             assert guild_id is not None
-            self.backend.bot_voice_update(session, guild_id, channel_id, self_mute, self_deaf)
+            # Answered a moment later, as over a real network: discord.py 2.7 marks itself
+            # as connecting only after its op 4 send returns (voice_state.py
+            # _inner_connect), and drops a VOICE_STATE_UPDATE that beats it there.
+            asyncio.get_running_loop().call_later(
+                self.voice_answer_delay_s,
+                self._voice_update,
+                session,
+                guild_id,
+                channel_id,
+                self_mute,
+                self_deaf,
+            )
         elif op == Op.REQUEST_GUILD_MEMBERS:
             self._request_members(session, data)
         elif op == Op.PRESENCE_UPDATE:
             _field(data, "status", str, optional=True)
+
+    def _voice_update(
+        self,
+        session: GatewaySession,
+        guild_id: int,
+        channel_id: int | None,
+        self_mute: bool,
+        self_deaf: bool,
+    ) -> None:
+        if session.ended:
+            return
+        try:
+            self.backend.bot_voice_update(session, guild_id, channel_id, self_mute, self_deaf)
+        except Exception:  # a timer callback: nothing above it would catch this
+            log.exception("op 4 from %s failed", session.bot.user.username)
 
     def _identify(self, socket: GatewaySocket, data: Any) -> None:
         if socket.session is not None:
