@@ -50,6 +50,8 @@ HISTORY = int(300 / TICK_S)
 #: A member counts as speaking while its Speaking flags are set and its packets arrived
 #: within this long (the flags alone stay set through a pause in some clients).
 SPEAKING_RECENT_S = 0.4
+#: A cluster's other nodes are read from Redis every this many ticks.
+PEERS_EVERY = 4
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 64
 MAX_STREAMS = 32
@@ -114,6 +116,9 @@ class Sampler:
     cpu_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     session_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     snapshot: dict[str, Any] = field(default_factory=dict)
+    #: The cluster's other nodes as ``GET /v1/cluster`` lists them (load, channels placed):
+    #: their members live on their own dashboards.
+    peers: list[dict[str, Any]] = field(default_factory=list)
     _last_at: float | None = None
     _last_cpu: float = 0.0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -178,25 +183,24 @@ class Sampler:
                 }
             )  # fmt: skip
         stats = self.stats
+        local = {
+            "name": self.name,
+            "remote": False,
+            "sessions": self.session_count(),
+            "cpu_percent": round(cpu_percent, 1),
+            "packets_in": stats.packets_in,
+            "packets_out": stats.packets_out,
+            "dropped": {k: v for k, v in stats.dropped.items() if v},
+            "cpu_history": [round(v, 1) for v in self.cpu_history],
+            "session_history": list(self.session_history),
+            "channels": channels,
+        }
         return {
             "t": time.time(),
             "tick_s": TICK_S,
             "history_length": HISTORY,
-            "nodes": [
-                {
-                    "name": self.name,
-                    "sessions": self.session_count(),
-                    "cpu_percent": round(cpu_percent, 1),
-                    "packets_in": stats.packets_in,
-                    "packets_out": stats.packets_out,
-                    "dropped": {k: v for k, v in stats.dropped.items() if v},
-                    "cpu_history": [round(v, 1) for v in self.cpu_history],
-                    "session_history": list(self.session_history),
-                    "channels": channels,
-                }
-            ],
             "recordings": [] if self.recordings is None else self.recordings.list(),
-        }
+        } | {"nodes": [local, *map(_peer, self.peers)]}
 
     def _member(
         self, session: Any, group: Any, now: float, recorders: set[str]
@@ -225,6 +229,21 @@ class Sampler:
         }
 
 
+def _peer(node: dict[str, Any]) -> dict[str, Any]:
+    """Another node of the cluster, as this node's dashboard shows it."""
+    return {
+        "name": f"{node['node_id']} ({node['endpoint']})",
+        "remote": True,
+        "state": node.get("state"),
+        "sessions": node.get("sessions", 0),
+        "cpu_percent": round(100 * float(node.get("cpu", 0.0)), 1),
+        "channels": [
+            {**placed, "members": [], "history": [], "dave": None, "remote": True}
+            for placed in node.get("placed", [])
+        ],
+    }
+
+
 def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
 
@@ -239,8 +258,11 @@ class Console:
         *,
         name: str,
         recordings: RecordingsView | None = None,
+        cluster: Any = None,
     ) -> None:
         self.node = node
+        #: The node's cluster agent (``--redis``): its view lists the other nodes.
+        self.cluster = cluster
         #: None in front of worker processes (their routers live in the workers).
         self.router: Any = getattr(node, "router", None)
         self.recordings = recordings
@@ -249,6 +271,8 @@ class Console:
         self._logins: dict[str, _Login] = {}
         self._once: set[str] = set()
         self._streams: set[web.StreamResponse] = set()
+        if cluster is not None:
+            name = f"{cluster.node_id} ({name})"
         self.sampler = Sampler(self.router, node.stats, node.session_count, name, recordings)
         self._task: asyncio.Task[None] | None = None
 
@@ -498,12 +522,26 @@ class Console:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        ticks = 0
         while True:
+            if self.cluster is not None and ticks % PEERS_EVERY == 0:
+                await self._read_peers()
             try:
                 self.sampler.tick(loop.time())
             except Exception:  # a bug here must not end the dashboard for good
                 log.exception("console: sampling failed")
+            ticks += 1
             await asyncio.sleep(TICK_S)
+
+    async def _read_peers(self) -> None:
+        try:
+            view = await self.cluster.view()
+        except VoxgateError as exc:  # Redis out of reach: the last list stands
+            log.debug("console: no cluster view: %s", exc)
+            return
+        self.sampler.peers = [
+            node for node in view["nodes"] if node["node_id"] != self.cluster.node_id
+        ]
 
     async def _started(self, app: web.Application) -> None:
         self.sampler._changed = asyncio.Event()
