@@ -216,7 +216,7 @@ class SimulatedUser:
         connection = await VoiceConnection.connect(
             voice_state, voice_server, ssl=self._trust(), timeout=timeout
         )
-        await self._dave_settled(connection, timeout)
+        # Recording starts at once: what others say while encryption settles is kept too.
         capture = _Capture(connection, AudioReceiver(connection))
         connection.add_listener(
             lambda ssrc, header, payload: self._on_packet(capture, ssrc, header, payload)
@@ -224,6 +224,11 @@ class SimulatedUser:
         self._captures.append(capture)
         self._watchers.append(asyncio.create_task(self._watch(connection)))
         self.connection, self.channel_id = connection, channel
+        try:
+            await self._dave_settled(connection, timeout)
+        except BaseException:
+            await self._hang_up()
+            raise
         return connection
 
     async def _dave_settled(self, connection: VoiceConnection, timeout: float = 10.0) -> None:
