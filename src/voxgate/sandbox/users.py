@@ -227,7 +227,8 @@ class SimulatedUser:
         try:
             await self._dave_settled(connection, timeout)
         except BaseException:
-            await self._hang_up()
+            with contextlib.suppress(Exception):
+                await self.leave()
             raise
         return connection
 
