@@ -72,6 +72,13 @@ async def _until_links(browser: Any, wanted: str, timeout: float = 30) -> dict[s
             await asyncio.sleep(0.2)
 
 
+async def _click(browser: Any, selector: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    button = await asyncio.to_thread(browser.find_element, By.CSS_SELECTOR, selector)
+    await asyncio.to_thread(button.click)
+
+
 async def _page(browser: Any) -> dict[str, Any]:
     result: dict[str, Any] = await asyncio.to_thread(browser.execute_script, READ_PAGE)
     return result
@@ -181,6 +188,22 @@ async def test_dashboard_shows_the_call_live_and_its_disconnect_button_closes_wi
         assert fetched["status"] == 200 and fetched["riff"], fetched
         path = await _screenshot(browser, "dashboard.png")
         assert path.stat().st_size > 10_000
+
+        # Mute from the page: the streamer's audio stops reaching the listener.
+        await _click(browser, f'tr.member[data-user="{streamer_id}"] button.mute')
+        page = await _until_page(browser, lambda p: "server-muted" in p["rows"][streamer_id]["tags"]
+                                 and p["rows"][listener_id]["out_per_s"] == 0)  # fmt: skip
+        assert not page["rows"][streamer_id]["lit"]
+        await _click(browser, f'tr.member[data-user="{streamer_id}"] button.mute')
+        await _until_page(browser, lambda p: p["rows"][listener_id]["out_per_s"] > 30)
+        # End the call from the page: every member is closed with 4022, the card goes.
+        await _click(browser, "button.end")
+        closed = await until(lambda: streamer.of(ConnectionClosed), 15)
+        assert closed[0].code == 4022
+        # discord.js answers anything but 4014 by joining again (its adapter replays the
+        # same events): the session an operator ended stays out, with 4014.
+        await until(lambda: listener.saw("state", to="disconnected", close_code=4014), 15)
+        await _until_page(browser, lambda p: p["plot"] is None)
         streaming.cancel()
     for client in (streamer, kicked):
         client.stop()
