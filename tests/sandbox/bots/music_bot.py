@@ -42,7 +42,8 @@ async def join(member: discord.Member) -> str:
     channel = member.voice.channel
     voice = member.guild.voice_client
     if voice is not None and voice.channel != channel:
-        # Leave and join again rather than move_to(), which can wait 30 s for its old socket.
+        # Leave and join again: move_to() waits for the voice server to close the old
+        # socket, which voice-recv stops reading when a member leaves while not listening.
         await voice.disconnect()
         voice = None
     if voice is None:
