@@ -67,13 +67,14 @@ NATIVE_MODES = frozenset(
 
 _CIPHERS: dict[EncryptionMode, type[Any]] = {}
 if native is not None:
+    _AES, _XCHACHA = native.AES256_GCM, native.XCHACHA20_POLY1305
 
     class NativeAes256GcmRtpsize(native.Cipher, Aes256GcmRtpsize):  # type: ignore[misc,name-defined]
         """:class:`Aes256GcmRtpsize` whose ``open_split``, ``seal_split`` and nonce are C's."""
 
         def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
             super().__init__(secret_key, nonce=nonce)
-            self._native_setup(native.AES256_GCM, self.secret_key)
+            self._native_setup(_AES, self.secret_key)
 
     class NativeXChaCha20Poly1305Rtpsize(native.Cipher, XChaCha20Poly1305Rtpsize):  # type: ignore[misc,name-defined]
         """:class:`XChaCha20Poly1305Rtpsize` whose ``open_split``, ``seal_split`` and nonce
@@ -81,7 +82,7 @@ if native is not None:
 
         def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
             super().__init__(secret_key, nonce=nonce)
-            self._native_setup(native.XCHACHA20_POLY1305, self.secret_key)
+            self._native_setup(_XCHACHA, self.secret_key)
 
     _CIPHERS = {
         EncryptionMode.AEAD_AES256_GCM_RTPSIZE: NativeAes256GcmRtpsize,
