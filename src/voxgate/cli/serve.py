@@ -161,7 +161,7 @@ async def _serve_workers(
 ) -> None:
     """The supervisor of ``specs``; with ``cluster`` (Redis URL, node id) its workers are
     nodes ``<id>-<i>`` of that cluster and its joins place on the whole cluster."""
-    from voxgate.server.admin import admin_app
+    from voxgate.server.admin import CONSOLE, admin_app
     from voxgate.server.workers import Supervisor, WorkerStartError
 
     supervisor = Supervisor(specs, authority, None if cluster is None else cluster[0])
@@ -173,20 +173,23 @@ async def _serve_workers(
 
     def ready(admin_url: str) -> str:
         endpoints = [handle.endpoint for handle in supervisor.handles]
+        dashboard_url = f"{admin_url}/login?once={app[CONSOLE].issue_login_token()}"
         datadir.write_node_file(
             data_dir,
             first.endpoint,
             admin_url,
             endpoints,
             cluster=None if cluster is None else cluster[1],
+            dashboard_url=dashboard_url,
         )
         listed = ", ".join(f"{h.endpoint} udp {h.udp_port}" for h in supervisor.handles)
         workers = f" (+{len(specs)} workers: {listed})"
         if cluster is not None:
             workers += f" (nodes {cluster[1]}-0..{len(specs) - 1} of the cluster on {cluster[0]})"
-        return _ready_line(
+        line = _ready_line(
             config, ca_path, data_dir, first.endpoint, first.udp_port, workers, admin_url
         )
+        return f"{line} dashboard: {dashboard_url}"
 
     app = admin_app(
         supervisor, authority, admin_key, first.endpoint, workers=supervisor
