@@ -37,15 +37,17 @@ class FastPathBuildHook(BuildHookInterface):  # type: ignore[type-arg]
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        if _flag("VOXGATE_NO_EXTENSIONS"):
-            self.app.display_info("voxgate._fastpath: not built (VOXGATE_NO_EXTENSIONS=1)")
-            return
         root = Path(self.root)
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
         if version == "editable":
             target = root / "src" / "voxgate" / f"_fastpath{suffix}"
         else:
             target = Path(self.directory) / "ext" / f"_fastpath{suffix}"
+        if _flag("VOXGATE_NO_EXTENSIONS"):
+            if version == "editable":
+                target.unlink(missing_ok=True)  # no earlier build left to be imported
+            self.app.display_info("voxgate._fastpath: not built (VOXGATE_NO_EXTENSIONS=1)")
+            return
         why = _compile(root / SOURCE, target)
         if why:
             # Never leave an earlier build in place to be imported as if it were this one.
