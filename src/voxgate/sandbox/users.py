@@ -213,9 +213,15 @@ class SimulatedUser:
         if self.connection is not None:
             await self._hang_up()
         voice_state, voice_server = await self.sandbox.join_voice(int(self.user_id), int(channel))
-        connection = await VoiceConnection.connect(
-            voice_state, voice_server, ssl=self._trust(), timeout=timeout
-        )
+        try:
+            connection = await VoiceConnection.connect(
+                voice_state, voice_server, ssl=self._trust(), timeout=timeout
+            )
+        except BaseException:
+            # Not in voice after all: the bots see it leave again.
+            with contextlib.suppress(Exception):
+                await self.sandbox.leave_voice(int(self.user_id), int(self.guild_id))
+            raise
         # Recording starts at once: what others say while encryption settles is kept too.
         capture = _Capture(connection, AudioReceiver(connection))
         connection.add_listener(
