@@ -329,3 +329,17 @@ async def test_a_socket_that_falls_too_far_behind_is_closed_4000_alone(
     # Its session is kept for a resume; the bystander never noticed.
     assert not session.ended
     await still_working(sandbox, bystander)
+
+
+async def test_text_that_is_not_utf_8_is_closed_by_the_websocket_layer(
+    sandbox: Sandbox, raw_gateways: RawGateways, bystander: DpyBot
+) -> None:
+    gateway = await raw_gateways()
+    await gateway.receive()
+    # A text frame whose payload is not UTF-8: aiohttp's client refuses to build one, so
+    # the frame is written by hand (FIN, opcode 1, masked, length 2).
+    writer = gateway.ws._writer
+    writer.transport.write(b"\x81\x82\x00\x00\x00\x00\xff\xfe")
+    code, _ = await gateway.closed()
+    assert code == 1007
+    await still_working(sandbox, bystander)

@@ -451,10 +451,9 @@ class Gateway:
             elif message.type is WSMsgType.CLOSE:
                 return int(message.data) if isinstance(message.data, int) else None
             elif message.type is WSMsgType.ERROR:
-                exc = ws.exception()
-                log.info("gateway %s: websocket error: %s", socket.peer, exc)
-                if "too big" in str(exc).lower() or "size" in str(exc).lower():
-                    raise GatewayError(GatewayCloseCode.DECODE_ERROR, "payload too large")
+                # aiohttp has closed the socket itself (1009 past HARD_FRAME_LIMIT, 1007 for
+                # text that is not UTF-8, 1002 for a protocol error).
+                log.info("gateway %s: websocket error: %s", socket.peer, ws.exception())
                 return None
             else:  # CLOSING, CLOSED
                 return None
