@@ -524,7 +524,9 @@ class Console:
         loop = asyncio.get_running_loop()
         ticks = 0
         while True:
-            if self.cluster is not None and ticks % PEERS_EVERY == 0:
+            # Only while a page is open: every node reading the whole cluster from Redis
+            # every few seconds would cost Redis N * (4N + 2) commands with nobody looking.
+            if self.cluster is not None and self._streams and ticks % PEERS_EVERY == 0:
                 await self._read_peers()
             try:
                 self.sampler.tick(loop.time())
