@@ -224,7 +224,10 @@ class _AdminMint:
 
 
 async def test_workers_apply_the_dave_policy(tmp_path) -> None:
-    server = start_server(tmp_path / "node", "--workers", "2", "--dave", "required")
+    # Port 0: each worker takes any free ports (a free P does not make P + 1 free).
+    server = start_server(
+        tmp_path / "node", "--workers", "2", "--dave", "required", "--port", "0", "--udp-port", "0"
+    )
     try:
         trust = ssl.create_default_context(cafile=str(server.ca_path))
         mint = _AdminMint(server)
