@@ -591,3 +591,25 @@ async def test_discord_py_move_to_another_channel_completes(
     assert sandbox.node is not None
     (session,) = sandbox.node.router.sessions.values()
     assert session.described and session.channel.key[1] == str(lounge_id)
+
+
+async def test_a_new_guild_and_its_channels_reach_connected_bots(
+    sandbox: Sandbox, raw_gateways: RawGateways
+) -> None:
+    gateway = await raw_gateways()
+    await gateway.identify(token(sandbox), GUILDS | GUILD_VOICE_STATES)
+    await gateway.dispatch("GUILD_CREATE")
+    guild_id = sandbox.create_guild("second guild")
+    created = (await gateway.dispatch("GUILD_CREATE"))["d"]
+    assert created["id"] == str(guild_id) and created["channels"] == []
+    assert [role["id"] for role in created["roles"]] == [str(guild_id)]
+    assert sandbox.info["bots"][0]["user_id"] in {m["user"]["id"] for m in created["members"]}
+    channel_id = sandbox.create_voice_channel(guild_id, "Stage left")
+    channel = (await gateway.dispatch("CHANNEL_CREATE"))["d"]
+    assert channel["id"] == str(channel_id) and channel["guild_id"] == str(guild_id)
+    assert channel["type"] == 2 and channel["bitrate"] == 64000
+    # The new guild is voice-ready: a user joins it and the bot sees that.
+    alice = sandbox.create_user("alice")
+    await sandbox.join_voice(alice.id, channel_id)
+    state = (await gateway.dispatch("VOICE_STATE_UPDATE"))["d"]
+    assert (state["guild_id"], state["channel_id"]) == (str(guild_id), str(channel_id))

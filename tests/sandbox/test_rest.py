@@ -349,6 +349,15 @@ async def test_control_api_needs_its_key_and_acts_as_users(sandbox: Sandbox, res
         "POST", f"/v1/guilds/{info['guild_id']}/channels", json={"name": "Lounge", "type": "voice"}
     )
     assert status == 201 and channel["type"] == 2
+    status, guild = await rest.control("POST", "/v1/guilds", json={"name": "second"})
+    assert status == 201 and guild["id"].isdigit()
+    status, text = await rest.control(
+        "POST", f"/v1/guilds/{guild['id']}/channels", json={"name": "chat", "type": "text"}
+    )
+    assert status == 201 and text["guild_id"] == guild["id"] and text["type"] == 0
+    _, listed = await rest.control("GET", f"/v1/guilds/{guild['id']}/channels")
+    assert [c["id"] for c in listed] == [text["id"]]
+    assert (await rest.call("GET", f"/guilds/{guild['id']}"))[2]["name"] == "second"
     status, error = await rest.control("POST", "/v1/voice/join", json={"user_id": "x"})
     assert status == 400 and "user_id" in error["error"]
     status, logs = await rest.control("GET", "/v1/logs")
