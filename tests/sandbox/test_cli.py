@@ -297,3 +297,25 @@ async def test_host_is_used_by_every_url_the_voice_endpoint_and_the_certificate(
     ):
         pass
     assert (await me(info["api"], info["bots"][0]["token"]))["id"] == info["bots"][0]["user_id"]
+
+
+def test_an_unknown_privileged_intent_fails_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "voxgate",
+            "sandbox",
+            "--data-dir",
+            str(tmp_path),
+            "--privileged-intents",
+            "members,voice",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        "voxgate: --privileged-intents: unknown privileged intent 'voice'"
+    )

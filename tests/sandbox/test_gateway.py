@@ -613,3 +613,33 @@ async def test_a_new_guild_and_its_channels_reach_connected_bots(
     await sandbox.join_voice(alice.id, channel_id)
     state = (await gateway.dispatch("VOICE_STATE_UPDATE"))["d"]
     assert (state["guild_id"], state["channel_id"]) == (str(guild_id), str(channel_id))
+
+
+async def test_only_the_privileged_intents_allowed_by_name_may_identify(tmp_path: object) -> None:
+    from pathlib import Path
+
+    sandbox = await Sandbox.start(
+        Path(str(tmp_path)) / "named", allow_privileged=["message_content"]
+    )
+    try:
+        allowed = await RawGateway.connect(sandbox.gateway_url)
+        await allowed.identify(token(sandbox), GUILDS | GUILD_MESSAGES | MESSAGE_CONTENT)
+        await allowed.close()
+        refused = await RawGateway.connect(sandbox.gateway_url)
+        await refused.receive()
+        await refused.send(
+            {
+                "op": 2,
+                "d": {
+                    "token": token(sandbox),
+                    "intents": GUILDS | MESSAGE_CONTENT | GUILD_MEMBERS,
+                    "properties": {},
+                },
+            }
+        )
+        assert (await refused.closed())[0] == 4014
+        await refused.close()
+    finally:
+        await sandbox.stop()
+    with pytest.raises(ValueError, match="unknown privileged intent 'voice'"):
+        await Sandbox.start(Path(str(tmp_path)) / "bad", allow_privileged="voice")

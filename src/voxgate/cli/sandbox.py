@@ -26,7 +26,7 @@ async def _run(
     control_port: int,
     bots: int,
     dave: str,
-    allow_privileged: bool,
+    allow_privileged: str,
 ) -> None:
     from voxgate.sandbox.app import INFO_FILE, Sandbox
 
@@ -80,10 +80,10 @@ def sandbox(
         help="DAVE (end-to-end encryption) policy of the voice node: required (as on Discord), "
         "preferred or off.",
     ),
-    privileged_intents: bool = typer.Option(
-        True,
-        help="Allow the privileged intents (members, presences, message content); "
-        "without, identifying with one closes 4014.",
+    privileged_intents: str = typer.Option(
+        "all",
+        help="The privileged intents bots may use: all, none, or a comma-separated list of "
+        "members, presences, message_content; identifying with another closes 4014.",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
@@ -95,6 +95,12 @@ def sandbox(
     )
     if dave not in ("off", "preferred", "required"):
         raise _fail(f"--dave must be off, preferred or required, not {dave!r}")
+    from voxgate.sandbox.model import privileged_mask
+
+    try:
+        privileged_mask(privileged_intents)
+    except ValueError as exc:
+        raise _fail(f"--privileged-intents: {exc}") from None
     if not 0 <= bots <= 50:
         raise _fail("--bots must be between 0 and 50")
     data_dir = (data_dir or datadir.default_data_dir() / "sandbox").expanduser().absolute()

@@ -25,7 +25,7 @@ import os
 import secrets
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from voxgate.sandbox.model import (
     SandboxModel,
     User,
     VoiceState,
+    privileged_mask,
 )
 from voxgate.server import datadir
 from voxgate.server.auth import TokenAuthority, new_session_id
@@ -164,7 +165,7 @@ class Sandbox:
         control_port: int = 0,
         bots: int = 2,
         dave: str = DEFAULT_DAVE,
-        allow_privileged: bool = True,
+        allow_privileged: bool | str | Iterable[str] = True,
         heartbeat_interval_ms: float = DEFAULT_HEARTBEAT_INTERVAL_MS,
         resume_grace_s: float = DEFAULT_RESUME_GRACE_S,
     ) -> Sandbox:
@@ -172,10 +173,15 @@ class Sandbox:
         ``host:control_port`` (0: free ports), and write ``data_dir/sandbox.json`` once all
         of them accept connections.
 
+        ``allow_privileged``: the privileged intents bots may identify with, True (all),
+        False (none) or names (``"members"``, ``"presences"``, ``"message_content"``); any
+        other closes 4014, as an intent not enabled in Discord's developer portal does.
+
         Raises ``ValueError`` for a bad argument and ``OSError`` when a port cannot be bound.
         """
         if dave not in DAVE_POLICIES:
             raise ValueError(f"dave must be one of {', '.join(DAVE_POLICIES)}, not {dave!r}")
+        privileged_mask(allow_privileged)  # a bad name fails before anything starts
         self = cls(data_dir, host=host, dave=dave)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._attach_logs()
@@ -193,7 +199,7 @@ class Sandbox:
         port: int,
         control_port: int,
         bots: int,
-        allow_privileged: bool,
+        allow_privileged: bool | str | Iterable[str],
         heartbeat_interval_ms: float,
         resume_grace_s: float,
     ) -> None:
@@ -217,7 +223,7 @@ class Sandbox:
             self.model,
             self,
             resume_url=lambda: self.gateway_url,
-            allow_privileged=allow_privileged,
+            allowed_privileged=privileged_mask(allow_privileged),
             heartbeat_interval_ms=heartbeat_interval_ms,
             resume_grace_s=resume_grace_s,
         )

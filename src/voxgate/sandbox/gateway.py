@@ -257,7 +257,7 @@ class Gateway:
         backend: VoiceBackend,
         *,
         resume_url: Callable[[], str],
-        allow_privileged: bool = True,
+        allowed_privileged: int = PRIVILEGED_INTENTS,
         heartbeat_interval_ms: float = DEFAULT_HEARTBEAT_INTERVAL_MS,
         resume_grace_s: float = DEFAULT_RESUME_GRACE_S,
         voice_answer_delay_s: float = VOICE_ANSWER_DELAY_S,
@@ -266,7 +266,8 @@ class Gateway:
         self.voice_answer_delay_s = voice_answer_delay_s
         self.backend = backend
         self.resume_url = resume_url
-        self.allow_privileged = allow_privileged
+        #: The privileged intent bits bots may identify with (4014 for any other).
+        self.allowed_privileged = allowed_privileged
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.resume_grace_s = resume_grace_s
         self.sessions: dict[str, GatewaySession] = {}
@@ -576,7 +577,7 @@ class Gateway:
             raise GatewayError(GatewayCloseCode.AUTHENTICATION_FAILED, "Authentication failed.")
         if intents < 0 or intents & ~ALL_INTENTS:
             raise GatewayError(GatewayCloseCode.INVALID_INTENTS, "Invalid intent(s).")
-        if intents & PRIVILEGED_INTENTS and not self.allow_privileged:
+        if intents & PRIVILEGED_INTENTS & ~self.allowed_privileged:
             raise GatewayError(GatewayCloseCode.DISALLOWED_INTENTS, "Disallowed intent(s).")
         # A token logging in again after its last process died (SANDBOX contract): the
         # sessions it left behind, which nothing will resume now, end with their voice state.

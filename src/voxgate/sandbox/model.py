@@ -21,6 +21,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,33 @@ class Intent(enum.IntFlag):
 
 ALL_INTENTS = int(sum(Intent))
 PRIVILEGED_INTENTS = int(Intent.GUILD_MEMBERS | Intent.GUILD_PRESENCES | Intent.MESSAGE_CONTENT)
+#: The privileged intents by the names a bot's developer portal gives them.
+PRIVILEGED_INTENT_NAMES = {
+    "members": int(Intent.GUILD_MEMBERS),
+    "presences": int(Intent.GUILD_PRESENCES),
+    "message_content": int(Intent.MESSAGE_CONTENT),
+}
+
+
+def privileged_mask(allowed: bool | str | Iterable[str]) -> int:
+    """The intent bits ``allowed`` approves: True all three, False none, or names from
+    :data:`PRIVILEGED_INTENT_NAMES` (a list, or one comma-separated string; ``"all"`` and
+    ``"none"`` too). Raises ``ValueError`` for an unknown name."""
+    if isinstance(allowed, bool):
+        return PRIVILEGED_INTENTS if allowed else 0
+    names = allowed.split(",") if isinstance(allowed, str) else list(allowed)
+    mask = 0
+    for name in (name.strip() for name in names):
+        if name in ("", "none"):
+            continue
+        if name == "all":
+            mask |= PRIVILEGED_INTENTS
+        elif name in PRIVILEGED_INTENT_NAMES:
+            mask |= PRIVILEGED_INTENT_NAMES[name]
+        else:
+            known = ", ".join(["all", "none", *PRIVILEGED_INTENT_NAMES])
+            raise ValueError(f"unknown privileged intent {name!r} (known: {known})")
+    return mask
 
 
 def iso(ts: float) -> str:
