@@ -1,7 +1,7 @@
 /*
  * The load generator's media half, for `voxgate bench relay`.
  *
- *   loadgen MEMBERS_FILE WARMUP_S SECONDS
+ *   loadgen MEMBERS_FILE WARMUP_S SECONDS [PAYLOAD_HEX]
  *
  * MEMBERS_FILE lines: "fd channel ssrc speaker mode hexkey". Each fd is an inherited UDP
  * socket, already connected to the relay, of a member that Python joined through the real
@@ -18,6 +18,12 @@
  * send time (CLOCK_REALTIME ns) and the sender's ssrc. Every member opens every packet it
  * receives with its own key; the latency of a packet is the kernel's receive timestamp
  * (SO_TIMESTAMPNS) minus the send time, so it holds no queueing of this process.
+ *
+ * With PAYLOAD_HEX every payload is that template (its first 12 bytes replaced by the send
+ * time and ssrc as above), so a bench can send, for instance, a real DAVE frame; then every
+ * payload received is also checked against the template: "template_mismatch" counts those
+ * whose length or bytes after the first 12 differ or whose ssrc is not the RTP header's,
+ * and "dave_trailer" those ending in the DAVE magic 0xFA 0xFA.
  *
  * Runs WARMUP_S seconds, pauses 0.3 s, measures SECONDS (printing "measure" and "end" as
  * that window opens and closes), drains 0.3 s, then prints one JSON object: sent,
@@ -66,6 +72,9 @@ static int64_t *latencies;
 static size_t latency_count, latency_capacity;
 static unsigned long long sent, expected, received, bad;
 static int measuring;
+static unsigned char template_payload[MAX_PACKET];
+static int template_len; /* 0: no template, sizes 60-160 */
+static unsigned long long template_mismatch, dave_trailer;
 
 static int64_t now_ns(clockid_t clock) {
     struct timespec ts;
@@ -260,6 +269,15 @@ static void receive(member_t *m) {
             }
             if (!measuring) continue;
             received++;
+            if (template_len) {
+                uint32_t stamped, header;
+                memcpy(&stamped, plain + 8, 4); /* host order, as sent */
+                memcpy(&header, p + 8, 4);
+                if (plain_len != template_len || stamped != ntohl(header) ||
+                    memcmp(plain + 12, template_payload + 12, (size_t)(template_len - 12)))
+                    template_mismatch++;
+                if (plain[plain_len - 2] == 0xFA && plain[plain_len - 1] == 0xFA) dave_trailer++;
+            }
             int64_t sent_ns;
             memcpy(&sent_ns, plain, 8);
             struct cmsghdr *cmsg = CMSG_FIRSTHDR(&messages[i].msg_hdr);
@@ -288,9 +306,25 @@ static double percentile_ms(double p) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s MEMBERS_FILE WARMUP_S SECONDS\n", argv[0]);
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: %s MEMBERS_FILE WARMUP_S SECONDS [PAYLOAD_HEX]\n", argv[0]);
         return 2;
+    }
+    if (argc == 5) {
+        size_t hex_len = strlen(argv[4]);
+        if (hex_len % 2 || hex_len / 2 < 12 || hex_len / 2 > 1200) {
+            fprintf(stderr, "the payload template takes 12 to 1200 bytes in hex\n");
+            return 2;
+        }
+        template_len = (int)(hex_len / 2);
+        for (int i = 0; i < template_len; i++) {
+            unsigned int byte;
+            if (sscanf(argv[4] + 2 * i, "%2x", &byte) != 1) {
+                fprintf(stderr, "bad payload template\n");
+                return 2;
+            }
+            template_payload[i] = (unsigned char)byte;
+        }
     }
     if (load_members(argv[1])) return 1;
     double warmup_s = atof(argv[2]), seconds = atof(argv[3]);
@@ -352,7 +386,12 @@ int main(int argc, char **argv) {
                 member_t *m = &members[speakers[tick % speaker_count]];
                 random_state = random_state * 1103515245u + 12345u;
                 int size = 60 + (int)((random_state >> 16) % 101);
-                memset(plain, 0x55, (size_t)size);
+                if (template_len) {
+                    size = template_len;
+                    memcpy(plain, template_payload, (size_t)size);
+                } else {
+                    memset(plain, 0x55, (size_t)size);
+                }
                 int64_t stamp = now_ns(CLOCK_REALTIME);
                 memcpy(plain, &stamp, 8);
                 memcpy(plain + 8, &m->ssrc, 4);
@@ -384,8 +423,9 @@ int main(int argc, char **argv) {
     qsort(latencies, latency_count, sizeof *latencies, compare);
     printf("{\"sent\": %llu, \"expected\": %llu, \"received\": %llu, \"bad\": %llu, "
            "\"latency_samples\": %zu, \"latency_p50_ms\": %.3f, \"latency_p99_ms\": %.3f, "
-           "\"latency_max_ms\": %.3f, \"seconds\": %.3f}\n",
+           "\"latency_max_ms\": %.3f, \"seconds\": %.3f, \"payload_template\": %d, "
+           "\"template_mismatch\": %llu, \"dave_trailer\": %llu}\n",
            sent, expected, received, bad, latency_count, percentile_ms(0.5), percentile_ms(0.99),
-           percentile_ms(1.0), seconds);
+           percentile_ms(1.0), seconds, template_len, template_mismatch, dave_trailer);
     return 0;
 }

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from voxgate.bench.relay import (
+    DAVE_PAYLOAD_SIZE,
     NOISE_LIMIT,
     Step,
     build_loadgen,
     holds,
     ratio,
     run,
+    run_dave,
     run_workers,
 )
 from voxgate.server import fastpath
@@ -93,3 +95,28 @@ def test_a_ratio_is_the_median_of_its_rounds_or_no_figure_when_they_spread() -> 
     assert noisy["median"] is None and noisy["spread"] == 0.32 and "too noisy" in noisy["note"]
     lost = ratio([*saturations(100, 100), None], saturations(100, 100, 100))
     assert lost["median"] is None and "no level" in lost["note"]
+
+
+async def test_dave_relay_bench_forwards_the_members_dave_frames_byte_identical() -> None:
+    loadgen, why = build_loadgen()
+    if loadgen is None:
+        pytest.skip(why)
+    result = await run_dave(seconds=0.5, quick=True, loadgen=loadgen, rounds=1)
+    for key in ("plain", "dave"):
+        assert {"forwarded_pps", "saturation_channels", "cpu_ms_per_1000"} <= result[key].keys()
+        assert [step["loss"] for step in result[key]["steps"]] == [0.0] * len(
+            result[key]["steps"]
+        )
+    for key in ("dave_to_plain", "dave_to_plain_spread", "dave_to_plain_rounds"):
+        assert key in result
+    assert len(result["dave_to_plain_rounds"]) == 1
+    # Both sides sent payloads of one size; the generator compared every payload its
+    # receivers opened with the one sent: on the DAVE node every one was the members'
+    # DAVE frame (0xFA 0xFA trailer), byte for byte; on the plain node none was a DAVE frame.
+    assert result["payload_size"] == DAVE_PAYLOAD_SIZE
+    dave, plain = result["dave_payloads"], result["plain_payloads"]
+    assert dave["received"] > 0 and dave["template_mismatch"] == 0
+    assert dave["dave_trailer"] == dave["received"]
+    assert plain["received"] > 0 and plain["template_mismatch"] == 0
+    assert plain["dave_trailer"] == 0
+    assert result["dave_frames_verified"] is True

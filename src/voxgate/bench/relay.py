@@ -38,6 +38,7 @@ from voxgate.bench.node import BenchNode, free_port, start_node
 from voxgate.client import VoiceConnection
 from voxgate.protocol import discovery
 from voxgate.protocol.crypto import TransportCipher, transport_cipher
+from voxgate.protocol.dave import DaveFrame, build_dave_frame, is_dave_frame
 from voxgate.protocol.errors import PacketError
 from voxgate.protocol.rtp import RtpHeader
 
@@ -53,6 +54,14 @@ AES = "aead_aes256_gcm_rtpsize"
 XCHACHA = "aead_xchacha20_poly1305_rtpsize"
 #: The modes bench/loadgen/loadgen.c speaks, and the letter its members file names them by.
 LOADGEN_MODES = {AES: "a", XCHACHA: "x"}
+#: The Opus frame ``voxgate bench relay --dave`` encrypts into its DAVE payload (a 20 ms
+#: voice frame at about 40 kb/s), and the size of the DAVE frame that makes: the frame, its
+#: 8-byte tag, a one-byte nonce, the supplemental size and the magic. The plain side of that
+#: comparison sends payloads of exactly this size too, so only the payload's kind differs.
+DAVE_OPUS_SIZE = 100
+DAVE_PAYLOAD_SIZE = len(build_dave_frame(DaveFrame.create(bytes(DAVE_OPUS_SIZE), bytes(8), 1)))
+#: Seconds a channel's DAVE members get to establish their group before the bench gives up.
+DAVE_READY_S = 30.0
 
 
 @dataclass
@@ -192,6 +201,11 @@ class Step:
     cpu_ms_per_1000: float
     rss_per_session_kb: float
     generator: str = "python"
+    #: With a payload template: received payloads that were not the template sent (by the
+    #: C generator's byte comparison), and those ending in the DAVE magic 0xFA 0xFA.
+    payloads_checked: int | None = None
+    template_mismatch: int | None = None
+    dave_trailer: int | None = None
 
 
 class Relay(abc.ABC):
@@ -205,6 +219,11 @@ class Relay(abc.ABC):
 
     @abc.abstractmethod
     def stop(self) -> None: ...
+
+    async def payload_template(self, members: list[list[Member]]) -> bytes | None:
+        """The payload every speaker sends (its first 12 bytes replaced by the send stamp),
+        once the members are ready for load; None: Opus-sized filler of 60-160 bytes."""
+        return None
 
     def processes(self) -> list[int]:
         """The relay's processes, whose CPU and RSS are its own."""
@@ -227,29 +246,73 @@ class Relay(abc.ABC):
 
 
 class VoxgateRelay(Relay):
+    """A voxgate node. Unless ``dave``, the node runs ``--dave off`` and its members join
+    with ``dave=False``: the comparisons with the C relay are about relaying transport
+    packets, and an MLS group to build per join would only slow the joins (the relay's
+    per-packet work is the same either way, which ``bench relay --dave`` shows). With
+    ``dave`` the node runs ``--dave preferred``, its members join as DAVE members, and they
+    send a real DAVE frame as payload once every channel's group is established.
+    ``sized_like_dave``: plain members send payloads of :data:`DAVE_PAYLOAD_SIZE`."""
+
     name = "voxgate"
 
-    def __init__(self, node: BenchNode) -> None:
+    def __init__(self, node: BenchNode, *, dave: bool = False, sized_like_dave: bool = False):
         self.node = node
         self.pid = node.process.pid
         self.trust = ssl.create_default_context(cafile=str(node.ca_path))
+        self.dave = dave
+        self.sized_like_dave = sized_like_dave
 
     @classmethod
-    def pinned(cls, cpu: int | None, *, python_path: bool = False) -> VoxgateRelay:
+    def pinned(
+        cls,
+        cpu: int | None,
+        *,
+        python_path: bool = False,
+        dave: bool = False,
+        sized_like_dave: bool = False,
+    ) -> VoxgateRelay:
         """A single-process node pinned to ``cpu``; ``python_path`` runs it without
         voxgate._fastpath (``VOXGATE_NO_EXTENSIONS=1``)."""
         env = {"VOXGATE_NO_EXTENSIONS": "1"} if python_path else None
-        return cls(start_node(cpu=cpu, env=env))
+        policy = "preferred" if dave else "off"
+        return cls(
+            start_node("--dave", policy, cpu=cpu, env=env),
+            dave=dave,
+            sized_like_dave=sized_like_dave,
+        )
 
     async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member:
         loop = asyncio.get_running_loop()
         events = await loop.run_in_executor(
-            None, self.node.join, "bench", f"c{channel}", f"u{channel}-{index}"
+            # Snowflakes: a DAVE identity is the user id as 8 bytes, a group the channel's.
+            None,
+            self.node.join,
+            "1",
+            str(100_000 + channel),
+            str(1_000_000 + 1000 * channel + index),
         )
         connection = await VoiceConnection.connect(
-            events["voice_state"], events["voice_server"], ssl=self.trust, modes=[mode]
+            events["voice_state"],
+            events["voice_server"],
+            ssl=self.trust,
+            modes=[mode],
+            dave=self.dave,
         )
         return VoxgateMember(connection, tally)
+
+    async def payload_template(self, members: list[list[Member]]) -> bytes | None:
+        if not self.dave:
+            return b"\x55" * DAVE_PAYLOAD_SIZE if self.sized_like_dave else None
+        await wait_for_dave_groups(members, DAVE_READY_S + 0.05 * sum(map(len, members)))
+        first = members[0][0]
+        assert isinstance(first, VoxgateMember)
+        # A real frame of the group: Opus-like bytes (a CELT 20 ms TOC, then noise).
+        opus = b"\xfc" + random.Random(5).randbytes(DAVE_OPUS_SIZE - 1)
+        frame = first.connection.dave.encrypt(opus)
+        if frame is None or not is_dave_frame(frame) or len(frame) != DAVE_PAYLOAD_SIZE:
+            raise RuntimeError(f"davey made no {DAVE_PAYLOAD_SIZE}-byte DAVE frame: {frame!r}")
+        return frame
 
     def stop(self) -> None:
         self.node.stop()
@@ -260,7 +323,10 @@ class WorkersRelay(VoxgateRelay):
 
     def __init__(self, workers: int) -> None:
         # Port 0: worker i would take --port + i, which nobody checked is free.
-        super().__init__(start_node("--workers", str(workers), ports=(0, 0, free_port())))
+        # --dave off, as VoxgateRelay: the figure is the transport relay's.
+        super().__init__(
+            start_node("--workers", str(workers), "--dave", "off", ports=(0, 0, free_port()))
+        )
         # One worker is the plain single-process node, which lists no workers.
         listed = self.node.health().get("workers", [])
         self.worker_pids = [int(worker["pid"]) for worker in listed]
@@ -272,6 +338,27 @@ class WorkersRelay(VoxgateRelay):
 
     def processes(self) -> list[int]:
         return [self.pid, *self.worker_pids]
+
+
+async def wait_for_dave_groups(members: list[list[Member]], timeout: float) -> None:
+    """Until every channel's members are all ready in one group (same epoch, every member
+    in it, no transition pending); RuntimeError after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def established(channel: list[Member]) -> bool:
+        daves = [member.connection.dave for member in channel if isinstance(member, VoxgateMember)]
+        return (
+            all(dave.ready and dave.awaiting_execute is None for dave in daves)
+            and len({dave.epoch for dave in daves}) == 1
+            and all(len(dave.group_user_ids()) == len(channel) for dave in daves)
+        )
+
+    while not all(established(channel) for channel in members):
+        if loop.time() > deadline:
+            waiting = sum(not established(channel) for channel in members)
+            raise RuntimeError(f"{waiting} channels' DAVE groups not established in {timeout} s")
+        await asyncio.sleep(0.05)
 
 
 class CeilingRelay(Relay):
@@ -372,10 +459,19 @@ async def measure(
         )
         members.append(list(joined))
     rss_per_session = (relay.rss_bytes() - rss_before) / 1024 / (channels * per_channel)
+    try:
+        template = await relay.payload_template(members)
+        if isinstance(relay, VoxgateRelay) and relay.dave and loadgen is None:
+            # Members' own send_opus would DAVE-encrypt the frame again.
+            raise RuntimeError("DAVE payloads need the C load generator")
+    except BaseException:
+        for channel in members:
+            await asyncio.gather(*(member.close() for member in channel))
+        raise
     if loadgen is not None and set(modes) <= LOADGEN_MODES.keys():
         try:
             return await _drive_with_loadgen(
-                loadgen, relay, members, speakers, seconds, rss_per_session
+                loadgen, relay, members, speakers, seconds, rss_per_session, template
             )
         finally:
             for channel in members:
@@ -393,7 +489,10 @@ async def measure(
             stamp = time.monotonic_ns()
             for index, member in enumerate(talkers):
                 size = sizes[(frame + index) & 255]
-                member.send(_STAMP.pack(stamp, index).ljust(size, b"\x55"))
+                if template is not None:
+                    member.send(_STAMP.pack(stamp, index) + template[_STAMP.size :])
+                else:
+                    member.send(_STAMP.pack(stamp, index).ljust(size, b"\x55"))
                 sent += 1
             frame += 1
             await asyncio.sleep(max(0.0, start + frame * FRAME_S - loop.time()))
@@ -437,6 +536,7 @@ async def _drive_with_loadgen(
     speakers: int,
     seconds: float,
     rss_per_session: float,
+    template: bytes | None = None,
 ) -> Step:
     lines = []
     fds = []
@@ -453,6 +553,7 @@ async def _drive_with_loadgen(
         str(members_file),
         str(WARMUP_S),
         str(seconds),
+        *([template.hex()] if template is not None else []),
         pass_fds=fds,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -485,6 +586,9 @@ async def _drive_with_loadgen(
         cpu_ms_per_1000=round(cpu * 1000 / max(received / 1000, 1e-9), 3),
         rss_per_session_kb=round(rss_per_session, 1),
         generator="c",
+        payloads_checked=received if template is not None else None,
+        template_mismatch=figures["template_mismatch"] if template is not None else None,
+        dave_trailer=figures["dave_trailer"] if template is not None else None,
     )
 
 
@@ -878,6 +982,79 @@ async def run_workers(
             "the first share a core with the generator"
         )
     return result
+
+
+async def run_dave(
+    seconds: float = 3.0,
+    quick: bool = False,
+    loadgen: Path | None = None,
+    rounds: int = ROUNDS,
+) -> dict[str, Any]:
+    """``voxgate bench relay --dave``: the relay's cost per packet with DAVE members.
+
+    ``plain``, a ``--dave off`` node whose members join without DAVE, and ``dave``, a
+    ``--dave preferred`` node whose members join as DAVE members and, once every channel's
+    group is established, send a real DAVE frame of that group, are saturated in turn
+    (:func:`interleave`); both send payloads of :data:`DAVE_PAYLOAD_SIZE` bytes. The relay
+    never opens a DAVE frame, so ``dave_to_plain`` (the median ratio of their saturations,
+    with its spread) should be 1. Every payload received is compared by the C generator
+    with the one sent: ``dave_frames_verified`` says the DAVE side's were DAVE frames,
+    byte-identical, and the plain side's were not DAVE frames.
+    """
+    if loadgen is None:
+        raise RuntimeError("voxgate bench relay --dave needs the C load generator")
+    cores = os.cpu_count() or 1
+    server_cpu, generator_cpu = (0, 1) if cores >= 2 else (None, None)
+    pin_generator(generator_cpu)
+    _raise_open_files_limit()
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "seconds_per_step": seconds,
+        "generator": "c",
+        "saturation_rule": SATURATION_RULE,
+        "rounds": rounds,
+        "noise_limit": NOISE_LIMIT,
+        "payload_size": DAVE_PAYLOAD_SIZE,
+    }
+    contenders = {
+        "plain": Contender(lambda channels: VoxgateRelay.pinned(server_cpu, sized_like_dave=True)),
+        "dave": Contender(lambda channels: VoxgateRelay.pinned(server_cpu, dave=True)),
+    }
+    best, steps = await interleave(
+        contenders, seconds, 1 if quick else 8, 2 if quick else 512, loadgen, rounds=rounds
+    )
+    for name in contenders:
+        result[name] = _saturation(best[name], steps[name])
+    _put_ratio(result, "dave_to_plain", ratio(best["dave"], best["plain"]))
+    ours, theirs = _cpu_by_level(steps["dave"]), _cpu_by_level(steps["plain"])
+    common = sorted(set(ours) & set(theirs))
+    if common:
+        top = common[-1]
+        result["cpu_dave_to_plain"] = round(
+            statistics.median(ours[top]) / statistics.median(theirs[top]), 3
+        )
+        result["cpu_compared_at_channels"] = top
+    result["dave_payloads"] = _payload_check(steps["dave"], dave=True)
+    result["plain_payloads"] = _payload_check(steps["plain"], dave=False)
+    result["dave_frames_verified"] = (
+        result["dave_payloads"]["ok"] and result["plain_payloads"]["ok"]
+    )
+    return result
+
+
+def _payload_check(steps: list[dict[str, Any]], *, dave: bool) -> dict[str, Any]:
+    """What the C generator found in the payloads received over ``steps``: every one the
+    template sent (no mismatch), and all of them (``dave``) or none ending in 0xFA 0xFA."""
+    received = sum(step["payloads_checked"] for step in steps)
+    mismatched = sum(step["template_mismatch"] for step in steps)
+    trailers = sum(step["dave_trailer"] for step in steps)
+    ok = received > 0 and mismatched == 0 and trailers == (received if dave else 0)
+    return {
+        "received": received,
+        "template_mismatch": mismatched,
+        "dave_trailer": trailers,
+        "ok": ok,
+    }
 
 
 def machine() -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import typer
 
@@ -52,16 +53,27 @@ def relay(
         False, help="Also measure bench/ceiling/bare_relay.py, the least Python that relays."
     ),
     rounds: int = typer.Option(3, min=1, help="Interleaved rounds (at least 3 for a figure)."),
+    dave: bool = typer.Option(
+        False,
+        "--dave",
+        help="Instead: voxgate with DAVE members sending DAVE frames against plain members "
+        "(--dave off), and their ratio.",
+    ),
 ) -> None:
     """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling.
 
     voxgate and the C relay (and with --bare voxgate's Python path and the bare Python
     relay) are measured in turn, level by level, --rounds times; each ratio is the median of
     its rounds with their spread, and no figure at all when the spread exceeds +-0.05.
+    The nodes run --dave off and their members join without DAVE (the figures are the
+    transport relay's); --dave compares that with DAVE members instead.
     """
     from voxgate.bench.relay import build_loadgen, run
 
     loadgen, why = build_loadgen()
+    if dave:
+        _relay_dave(loadgen, why, seconds=seconds, quick=quick, rounds=rounds, as_json=as_json)
+        return
     if loadgen is None:
         # This process generates the load then, and needs the faster loop; with the C
         # generator it only joins members, and the default loop can hand their sockets over.
@@ -129,6 +141,56 @@ def relay(
         )
     if result.get("ceiling_note"):
         typer.echo(f"note: {result['ceiling_note']}")
+
+
+def _relay_dave(
+    loadgen: Path | None, why: str, *, seconds: float, quick: bool, rounds: int, as_json: bool
+) -> None:
+    from voxgate.bench.relay import run_dave
+
+    if loadgen is None:
+        typer.echo(f"voxgate bench relay --dave needs the C load generator: {why}", err=True)
+        raise typer.Exit(1)
+    result = asyncio.run(run_dave(seconds=seconds, quick=quick, loadgen=loadgen, rounds=rounds))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(
+        f"machine: {result['machine']}, generator: c, {result['rounds']} interleaved rounds, "
+        f"payloads of {result['payload_size']} bytes on both sides"
+    )
+    for name in ("plain", "dave"):
+        for step in result[name]["steps"]:
+            typer.echo(
+                f"  round {step['round']} {name:5} {step['channels']:4d} channels x10: "
+                f"{step['forwarded_pps']:8d} pps forwarded, loss {step['loss']:.4f}, "
+                f"{step['cpu_ms_per_1000']} cpu-ms per 1000, p50 {step['latency_p50_ms']} ms"
+            )
+    for name, label in (("plain", "plain (--dave off)"), ("dave", "DAVE (--dave preferred)")):
+        figures = result[name]
+        typer.echo(
+            f"{label}: saturation {figures['saturation_channels']} channels, "
+            f"{figures['forwarded_pps']} pps forwarded {figures['forwarded_pps_rounds']}, "
+            f"{figures['cpu_ms_per_1000']} cpu-ms per 1000 forwarded"
+        )
+    figure = result["dave_to_plain"] if result["dave_to_plain"] is not None else "no figure"
+    typer.echo(
+        f"dave / plain saturation: {figure} (spread {result['dave_to_plain_spread']}, rounds "
+        f"{result['dave_to_plain_rounds']})"
+    )
+    if result.get("dave_to_plain_note"):
+        typer.echo(f"  {result['dave_to_plain_note']}")
+    if "cpu_dave_to_plain" in result:
+        typer.echo(
+            f"dave / plain cpu-ms per 1000 at {result['cpu_compared_at_channels']} channels: "
+            f"{result['cpu_dave_to_plain']}"
+        )
+    for name in ("dave_payloads", "plain_payloads"):
+        check = result[name]
+        typer.echo(
+            f"{name}: {check['received']} received, {check['template_mismatch']} not as sent, "
+            f"{check['dave_trailer']} ending FA FA: {'ok' if check['ok'] else 'FAILED'}"
+        )
 
 
 @bench_app.command()
