@@ -121,6 +121,8 @@ async def _serve(
             cluster=None if cluster is None else cluster[1],
             dashboard_url=dashboard_url,
         )
+        if agent is not None:  # the other nodes' consoles read this node's channels there
+            agent.admin_url = admin_url
         freeze_startup_objects()
         joined = "" if cluster is None else f" (node {cluster[1]} of the cluster on {cluster[0]})"
         line = _ready_line(config, ca_path, data_dir, endpoint, node.udp_port, joined, admin_url)

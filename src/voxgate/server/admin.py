@@ -414,7 +414,9 @@ def admin_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/voice/join", join)
     app.router.add_get("/v1/cluster", cluster_view)
-    console = Console(node, admin_key, name=endpoint, recordings=recordings, cluster=cluster)
+    console = Console(
+        node, admin_key, name=endpoint, recordings=recordings, cluster=cluster, workers=workers
+    )
     console.install(app)
     app[CONSOLE] = console
     return app

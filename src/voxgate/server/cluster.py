@@ -109,6 +109,8 @@ class ClusterAgent:
         self._adopting: set[asyncio.Task[None]] = set()
         self._cpu_mark = (time.monotonic(), time.process_time())
         self._cpu_share = 0.0
+        #: This node's admin API (set once it listens): other nodes' consoles read it.
+        self.admin_url = ""
         node.router.admit_channel = self.admit
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -179,6 +181,8 @@ class ClusterAgent:
             self.load(), self.ttl_s, self._occupied(now), dict(self.held), now
         )
         self.heartbeats += 1
+        if self.admin_url:
+            await self.store.set_admin_url(self.node_id, self.admin_url, self.ttl_s)
         if not self.connected:
             if self.down_since is not None:
                 log.warning(
@@ -324,6 +328,9 @@ class ClusterAgent:
         Raises :class:`PlacementUnavailable`.
         """
         listed = await describe_nodes(self.store)
+        urls = await self.store.admin_urls([node["node_id"] for node in listed])
+        for node, url in zip(listed, urls, strict=True):
+            node["admin_url"] = url
         self.live_nodes = len(listed)
         self.channels_placed = sum(len(node["placed"]) for node in listed)
         return {"node_id": self.node_id, "nodes": listed}

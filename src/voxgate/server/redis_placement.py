@@ -485,5 +485,23 @@ class RedisPlacementStore:
             raise self._unavailable(exc) from None
         return sorted(decode_key(key) for key in raw)
 
+    async def set_admin_url(self, node_id: str, url: str, ttl_s: float) -> None:
+        """Where node ``node_id``'s admin API listens (the consoles of the others read
+        its channels there); kept apart from the node's record, for as long as it lives."""
+        try:
+            await self.redis.set(f"{self.prefix}admin:{node_id}", url, px=max(1, int(ttl_s * 1000)))
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def admin_urls(self, node_ids: list[str]) -> list[str]:
+        """The admin URL of each node (``""`` for one that registered none)."""
+        if not node_ids:
+            return []
+        try:
+            raw = await self.redis.mget([f"{self.prefix}admin:{n}" for n in node_ids])
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        return ["" if url is None else _text(url) for url in raw]
+
     async def aclose(self) -> None:
         await self.redis.aclose()

@@ -106,6 +106,22 @@ class WorkerStatus:
     dropped: dict[str, int]
 
 
+@dataclass(frozen=True)
+class ConsoleCall:
+    """An admin API call the supervisor's console relays to a worker (its channels and
+    members, or an action on one of its calls); answered with a :class:`ConsoleAnswer`."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ConsoleAnswer:
+    status: int
+    body: dict[str, Any]
+
+
 def _status_of(node: Any) -> WorkerStatus:
     stats: NodeStats = node.stats
     return WorkerStatus(
@@ -175,6 +191,9 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    from voxgate.server.console import Sampler, answer_locally
+
+    sampler = Sampler(node.router, node.stats, node.session_count, node.endpoint)
 
     def on_request() -> None:
         try:
@@ -182,6 +201,13 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> int:
                 request = conn.recv()
                 if request == STATUS:
                     conn.send(_status_of(node))
+                elif isinstance(request, ConsoleCall):
+                    try:
+                        answer = answer_locally(sampler, request.method, request.path, request.body)
+                    except Exception as exc:  # a bug here must not end the worker
+                        log.exception("console call %s %s failed", request.method, request.path)
+                        answer = (500, {"error": f"the worker failed: {exc}"})
+                    conn.send(ConsoleAnswer(*answer))
                 elif request == STOP:
                     stop.set()
         except (EOFError, OSError):
@@ -242,6 +268,7 @@ class WorkerHandle:
         self.udp_port = spec.config.effective_udp_port
         self.status: WorkerStatus | None = None
         self.pending: deque[asyncio.Future[WorkerStatus]] = deque()
+        self.console_pending: deque[asyncio.Future[ConsoleAnswer]] = deque()
         self.starting: asyncio.Future[WorkerStarted] | None = None
         self.failures = 0
 
@@ -363,6 +390,8 @@ class Supervisor:
         handle.alive = False
         while handle.pending:
             _settle(handle.pending.popleft(), WorkerDown(f"worker {handle.index} is down"))
+        while handle.console_pending:
+            _settle(handle.console_pending.popleft(), WorkerDown(f"worker {handle.index} is down"))
 
     def _on_readable(self, handle: WorkerHandle) -> None:
         conn = handle.conn
@@ -382,6 +411,12 @@ class Supervisor:
                 future = handle.pending.popleft()
                 if not future.done():
                     future.set_result(report)
+                    break
+        elif isinstance(report, ConsoleAnswer):
+            while handle.console_pending:
+                answered = handle.console_pending.popleft()
+                if not answered.done():
+                    answered.set_result(report)
                     break
         elif isinstance(report, WorkerStarted):
             handle.endpoint, handle.port, handle.udp_port = (
@@ -529,6 +564,31 @@ class Supervisor:
         """``GET /v1/cluster``: every worker as a node, and the channels placed on it."""
         await self._register()
         return {"node_id": "supervisor", "nodes": await describe_nodes(self.store)}
+
+    async def console(
+        self, worker: str, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
+        """Worker ``worker``'s (a node id of :meth:`view`) answer to an admin API call.
+
+        Raises :class:`WorkerDown` when it is not one of these workers, is down or does
+        not answer within :data:`STATUS_TIMEOUT_S`."""
+        found = [h for h in self.handles if worker in (node_id(h.index), h.spec.node_id)]
+        handle = found[0] if found else None
+        if handle is None or not handle.alive or handle.conn is None:
+            raise WorkerDown(f"{worker} is not a running worker of this supervisor")
+        if len(handle.console_pending) >= MAX_PENDING:
+            raise WorkerDown(f"{worker} does not answer")
+        future: asyncio.Future[ConsoleAnswer] = asyncio.get_running_loop().create_future()
+        try:
+            handle.conn.send(ConsoleCall(method, path, body))
+        except OSError as exc:
+            raise WorkerDown(f"{worker}: {exc}") from None
+        handle.console_pending.append(future)
+        try:
+            answer = await asyncio.wait_for(asyncio.shield(future), STATUS_TIMEOUT_S)
+        except TimeoutError:
+            raise WorkerDown(f"{worker} did not answer within {STATUS_TIMEOUT_S:g} s") from None
+        return answer.status, answer.body
 
     def workers(self) -> list[dict[str, Any]]:
         """One entry per worker, for ``/healthz``."""

@@ -18,6 +18,12 @@ Recording is a member of the call (the audio may be end-to-end encrypted): the s
 not record anything itself, it is handed a :class:`RecordingsView` (``voxgate serve``
 passes ``voxgate.recording.Recorder``, which joins as a voxgate client) and lists and
 serves the files it wrote.
+
+A node shows every node of its cluster: while a page is open it reads the other nodes
+from Redis (with the admin URL each registered) and their calls and members from their
+own ``GET /v1/channels?local=1`` with the shared admin key, and an action on a member of
+another node is forwarded to that node's admin API (the browser never holds the key). In
+front of worker processes the supervisor asks each worker the same over its pipe.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote, unquote
 
+import aiohttp
 from aiohttp import web
 
 from voxgate.errors import VoxgateError
@@ -55,6 +63,8 @@ PEERS_EVERY = 4
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 64
 MAX_STREAMS = 32
+#: How long another node's admin API (or a worker) may take to answer.
+PEER_TIMEOUT_S = 2.0
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -116,8 +126,7 @@ class Sampler:
     cpu_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     session_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     snapshot: dict[str, Any] = field(default_factory=dict)
-    #: The cluster's other nodes as ``GET /v1/cluster`` lists them (load, channels placed):
-    #: their members live on their own dashboards.
+    #: The cluster's other nodes (or the workers) as :func:`_peer` shows them.
     peers: list[dict[str, Any]] = field(default_factory=list)
     _last_at: float | None = None
     _last_cpu: float = 0.0
@@ -200,7 +209,7 @@ class Sampler:
             "tick_s": TICK_S,
             "history_length": HISTORY,
             "recordings": [] if self.recordings is None else self.recordings.list(),
-        } | {"nodes": [local, *map(_peer, self.peers)]}
+        } | {"nodes": [local, *self.peers]}
 
     def _member(
         self, session: Any, group: Any, now: float, recorders: set[str]
@@ -229,19 +238,61 @@ class Sampler:
         }
 
 
-def _peer(node: dict[str, Any]) -> dict[str, Any]:
-    """Another node of the cluster, as this node's dashboard shows it."""
+def _peer(
+    node: dict[str, Any], channels: list[dict[str, Any]] | None, unreachable: str | None
+) -> dict[str, Any]:
+    """Another node of the cluster (or a worker), as this node's dashboard shows it: its
+    calls and members as its admin API said (``channels``), else the calls Redis places
+    on it, without members, and why it did not answer."""
+    if channels is None:
+        channels = [
+            {**placed, "members": [], "dave": None, "packets_in_per_s": 0.0}
+            for placed in node.get("placed", [])
+        ]
     return {
         "name": f"{node['node_id']} ({node['endpoint']})",
+        "node_id": node["node_id"],
         "remote": True,
         "state": node.get("state"),
+        "unreachable": unreachable,
         "sessions": node.get("sessions", 0),
         "cpu_percent": round(100 * float(node.get("cpu", 0.0)), 1),
         "channels": [
-            {**placed, "members": [], "history": [], "dave": None, "remote": True}
-            for placed in node.get("placed", [])
+            {**{k: v for k, v in c.items() if k != "node"}, "history": [], "remote": True}
+            for c in channels
         ],
     }
+
+
+def answer_locally(
+    sampler: Sampler, method: str, path: str, body: dict[str, Any] | None
+) -> tuple[int, dict[str, Any]]:
+    """A worker's answer to the admin API calls its supervisor's console relays over the
+    pipe: ``GET /v1/channels?local=1`` and the member and call actions, on ``sampler``'s
+    router (rates over the time since the previous call)."""
+    router = sampler.router
+    parts = [unquote(part) for part in path.partition("?")[0].strip("/").split("/")]
+    if method == "GET" and parts == ["v1", "channels"]:
+        sampler.tick(asyncio.get_running_loop().time())
+        return 200, {"channels": sampler.snapshot["nodes"][0]["channels"]}
+    if method != "POST" or len(parts) < 5 or parts[:2] != ["v1", "channels"]:
+        return 404, {"error": f"no route {method} {path}"}
+    key = (parts[2], parts[3])
+    if parts[4:] == ["end"]:
+        if key not in router.channels:
+            return 404, {"error": f"no call in channel {key[0]}/{key[1]}"}
+        return 200, {"ended": True, "members": router.end_call(key), "close_code": 4022}
+    if len(parts) != 7 or parts[4] != "members" or parts[6] not in ("disconnect", "mute"):
+        return 404, {"error": f"no route {method} {path}"}
+    session = router.find_member(key, parts[5])
+    if session is None:
+        return 404, {"error": f"no member {parts[5]!r} in channel {key[0]}/{key[1]}"}
+    if parts[6] == "disconnect":
+        router.disconnect(session)
+        log.info("console: disconnected user %s (4014)", session.user_id)
+        return 200, {"disconnected": session.user_id, "close_code": 4014}
+    router.mute(session, bool((body or {}).get("mute", True)))
+    return 200, {"user_id": session.user_id, "muted": session.muted}
 
 
 def _static(name: str) -> bytes:
@@ -259,8 +310,12 @@ class Console:
         name: str,
         recordings: RecordingsView | None = None,
         cluster: Any = None,
+        workers: Any = None,
     ) -> None:
         self.node = node
+        #: The supervisor of worker processes (``--workers N``): it asks each over its pipe.
+        self.workers = workers
+        self._http: aiohttp.ClientSession | None = None
         #: The node's cluster agent (``--redis``): its view lists the other nodes.
         self.cluster = cluster
         #: None in front of worker processes (their routers live in the workers).
@@ -402,9 +457,13 @@ class Console:
     async def channels(self, request: web.Request) -> web.Response:
         if (refused := self.authorize(request, action=False)) is not None:
             return refused
-        # Membership as it is now (an action a moment ago shows), rates as last sampled.
+        # Membership as it is now (an action a moment ago shows), rates as last sampled;
+        # ``local=1`` (what another node's console asks) leaves the other nodes out.
+        local = request.query.get("local") == "1"
+        if not local:
+            await self._read_peers()
         now = asyncio.get_running_loop().time()
-        nodes = self.sampler._snapshot(now, 0.0)["nodes"]
+        nodes = self.sampler._snapshot(now, 0.0)["nodes"][: 1 if local else None]
         listed = [
             {**{k: v for k, v in channel.items() if k != "history"}, "node": node["name"]}
             for node in nodes
@@ -413,10 +472,10 @@ class Console:
         return _json({"channels": listed})
 
     def _member_or_error(self, request: web.Request) -> tuple[Any, web.Response | None]:
-        if self.router is None:
-            return None, _json({"error": "this listener fronts workers: ask a worker"}, 404)
         key = (request.match_info["guild"], request.match_info["channel"])
-        session = self.router.find_member(key, request.match_info["user"])
+        session = None
+        if self.router is not None:
+            session = self.router.find_member(key, request.match_info["user"])
         if session is None:
             return None, _json({"error": f"no member {request.match_info['user']!r} "
                                 f"in channel {key[0]}/{key[1]}"}, 404)  # fmt: skip
@@ -427,7 +486,7 @@ class Console:
             return refused
         session, error = self._member_or_error(request)
         if error is not None:
-            return error
+            return await self._forward(request, "disconnect", None) or error
         self.router.disconnect(session)
         log.info("console: disconnected user %s (4014)", session.user_id)
         return _json({"disconnected": session.user_id, "close_code": 4014})
@@ -436,8 +495,6 @@ class Console:
         if (refused := self.authorize(request, action=True)) is not None:
             return refused
         session, error = self._member_or_error(request)
-        if error is not None:
-            return error
         muted = True
         if request.can_read_body:
             try:
@@ -447,17 +504,18 @@ class Console:
             if not isinstance(body, dict) or not isinstance(body.get("mute", True), bool):
                 return _json({"error": 'the body must be {"mute": true|false}'}, 400)
             muted = body.get("mute", True)
+        if error is not None:
+            return await self._forward(request, "mute", {"mute": muted}) or error
         self.router.mute(session, muted)
         return _json({"user_id": session.user_id, "muted": session.muted})
 
     async def end_call(self, request: web.Request) -> web.Response:
         if (refused := self.authorize(request, action=True)) is not None:
             return refused
-        if self.router is None:
-            return _json({"error": "this listener fronts workers: ask a worker"}, 404)
         key = (request.match_info["guild"], request.match_info["channel"])
-        if key not in self.router.channels:
-            return _json({"error": f"no call in channel {key[0]}/{key[1]}"}, 404)
+        if self.router is None or key not in self.router.channels:
+            error = _json({"error": f"no call in channel {key[0]}/{key[1]}"}, 404)
+            return await self._forward(request, "end", None) or error
         ended = self.router.end_call(key)
         log.info("console: ended the call in %s/%s (%d members, 4022)", *key, ended)
         return _json({"ended": True, "members": ended, "close_code": 4022})
@@ -526,8 +584,11 @@ class Console:
         while True:
             # Only while a page is open: every node reading the whole cluster from Redis
             # every few seconds would cost Redis N * (4N + 2) commands with nobody looking.
-            if self.cluster is not None and self._streams and ticks % PEERS_EVERY == 0:
-                await self._read_peers()
+            if self._streams and ticks % PEERS_EVERY == 0:
+                try:
+                    await self._read_peers()
+                except Exception:  # an odd answer must not end the dashboard for good
+                    log.exception("console: reading the other nodes failed")
             try:
                 self.sampler.tick(loop.time())
             except Exception:  # a bug here must not end the dashboard for good
@@ -535,21 +596,97 @@ class Console:
             ticks += 1
             await asyncio.sleep(TICK_S)
 
-    async def _read_peers(self) -> None:
+    async def _peer_nodes(self) -> list[dict[str, Any]] | None:
+        """The other nodes as ``GET /v1/cluster`` lists them (None: Redis out of reach)."""
+        if self.workers is not None:
+            view: dict[str, Any] = await self.workers.view()
+            return list(view["nodes"])
         try:
             view = await self.cluster.view()
-        except VoxgateError as exc:  # Redis out of reach: the last list stands
+        except VoxgateError as exc:
             log.debug("console: no cluster view: %s", exc)
+            return None
+        return [node for node in view["nodes"] if node["node_id"] != self.cluster.node_id]
+
+    async def _read_peers(self) -> None:
+        """Every other node (or worker) with its calls and members, read from it now."""
+        if self.cluster is None and self.workers is None:
             return
-        self.sampler.peers = [
-            node for node in view["nodes"] if node["node_id"] != self.cluster.node_id
-        ]
+        nodes = await self._peer_nodes()
+        if nodes is None:  # Redis out of reach: the last list stands
+            return
+        answers = await asyncio.gather(
+            *(self._ask(node, "GET", "/v1/channels?local=1", None) for node in nodes)
+        )
+        peers = []
+        for node, (status, body) in zip(nodes, answers, strict=True):
+            if status == 200 and isinstance(body.get("channels"), list):
+                peers.append(_peer(node, body["channels"], None))
+            else:
+                peers.append(_peer(node, None, str(body.get("error", f"HTTP {status}"))))
+        self.sampler.peers = peers
+
+    async def _ask(
+        self, node: dict[str, Any], method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
+        """``node``'s answer to an admin API call, as status and JSON body: a worker over
+        its pipe, another node (one that registered its admin URL) over HTTP with the admin
+        key; 0 when it did not answer."""
+        if self.workers is not None and not node.get("admin_url"):
+            try:
+                status, answer = await self.workers.console(node["node_id"], method, path, body)
+            except VoxgateError as exc:
+                return 0, {"error": f"unreachable: {exc}"}
+            return status, answer
+        url = node.get("admin_url") or ""
+        if not url:
+            return 0, {"error": "unreachable: it registered no admin URL"}
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
+            )
+        headers = {"Authorization": self._expected.decode()}
+        try:
+            async with self._http.request(method, url + path, json=body, headers=headers) as got:
+                answer = await got.json(content_type=None)
+                if not isinstance(answer, dict):
+                    return 0, {"error": "unreachable: not a JSON object"}
+                return got.status, answer
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return 0, {"error": f"unreachable: {type(exc).__name__} {exc}".strip()}
+
+    async def _forward(
+        self, request: web.Request, action: str, body: dict[str, Any] | None
+    ) -> web.Response | None:
+        """An action on a call this node does not host, done by the node (or worker) that
+        hosts it; None when none does."""
+        if self.cluster is None and self.workers is None:
+            return None
+        key = (request.match_info["guild"], request.match_info["channel"])
+        nodes = await self._peer_nodes() or []
+        path = "/v1/channels/" + "/".join(quote(part, safe="") for part in key)
+        if action == "end":
+            path += "/end"
+        else:
+            path += f"/members/{quote(request.match_info['user'], safe='')}/{action}"
+        # The node Redis places the call on first; then any other (a worker's channels
+        # are known to the supervisor only as of its last status).
+        placed = [{"guild_id": key[0], "channel_id": key[1]}]
+        nodes.sort(key=lambda node: placed[0] not in node.get("placed", []))
+        for node in nodes:
+            status, answer = await self._ask(node, "POST", path, body)
+            if status not in (0, 404):
+                log.info("console: %s forwarded to %s: %d", action, node["node_id"], status)
+                return _json({**answer, "node": node["node_id"]}, status)
+        return None
 
     async def _started(self, app: web.Application) -> None:
         self.sampler._changed = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
     async def _stopping(self, app: web.Application) -> None:
+        if self._http is not None:
+            await self._http.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -191,23 +191,6 @@ function updateChannel(view, channel) {
 
 // --- nodes ---------------------------------------------------------------------------
 
-// Another node of the cluster: its load and the calls placed on it, as Redis says.
-function remoteCard(node) {
-  const summary = el('p', { class: 'summary' });
-  const placed = el('ul', { class: 'placed' });
-  const card = el('section', { class: 'node remote' },
-    el('div', { class: 'panel node-head' }, el('h2', { text: `node ${node.name}` }), summary, placed));
-  card.dataset.node = node.name;
-  return { card, summary, placed, remote: true };
-}
-
-function updateRemote(view, node) {
-  view.summary.textContent = `${node.state || 'serving'} · ${node.sessions} sessions · ` +
-    `CPU ${node.cpu_percent.toFixed(0)} % · its members are on its own dashboard`;
-  view.placed.replaceChildren(...node.channels.map((c) =>
-    el('li', { text: `guild ${c.guild_id} · channel ${c.channel_id}` })));
-}
-
 function nodeCard(node) {
   const cpu = plot('cpu-plot', 'CPU');
   const sessions = plot('sessions-plot', 'sessions');
@@ -219,6 +202,13 @@ function nodeCard(node) {
       el('div', { class: 'plots' }, cpu.box, sessions.box)),
     empty, channels);
   card.dataset.node = node.name;
+  if (node.remote) {
+    // Another node of the cluster, or a worker: its calls and members as its admin API
+    // said a moment ago (no plots of its own here).
+    card.classList.add('remote');
+    cpu.box.hidden = true;
+    sessions.box.hidden = true;
+  }
   return { card, cpu, sessions, summary, channels, empty };
 }
 
@@ -229,16 +219,21 @@ function render(snapshot) {
     seenNodes.add(node.name);
     let view = nodeCards.get(node.name);
     if (!view) {
-      view = node.remote ? remoteCard(node) : nodeCard(node);
+      view = nodeCard(node);
       nodeCards.set(node.name, view);
       nodesBox.append(view.card);
     }
-    if (view.remote) { updateRemote(view, node); continue; }
     const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
-    view.summary.textContent = `${plural(node.sessions, 'session')} · ${plural(node.channels.length, 'call')} · ` +
-      `${node.packets_in} packets in, ${node.packets_out} out · dropped: ${drops(node.dropped)}`;
-    drawPlot(view.cpu, node.cpu_history, '%', 10);
-    drawPlot(view.sessions, node.session_history, '', 4);
+    if (node.remote) {
+      view.summary.textContent = `${node.state || 'serving'} · ${plural(node.sessions, 'session')} · ` +
+        `CPU ${node.cpu_percent.toFixed(0)} %` + (node.unreachable ? ` · unreachable: ${node.unreachable}` : '');
+      view.card.classList.toggle('unreachable', !!node.unreachable);
+    } else {
+      view.summary.textContent = `${plural(node.sessions, 'session')} · ${plural(node.channels.length, 'call')} · ` +
+        `${node.packets_in} packets in, ${node.packets_out} out · dropped: ${drops(node.dropped)}`;
+      drawPlot(view.cpu, node.cpu_history, '%', 10);
+      drawPlot(view.sessions, node.session_history, '', 4);
+    }
     view.empty.hidden = node.channels.length > 0;
     const seen = new Set();
     for (const channel of node.channels) {
