@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.cluster.conftest import redis_server, redis_url  # noqa: F401 - fixtures
+from tests.console.conftest import ARTIFACTS
 from tests.server.test_workers import _serve_workers
 from voxgate.bench.cluster import ClusterSecrets, share_tls, start_cluster_node
 from voxgate.client import ConnectionClosed, VoiceConnection
@@ -93,8 +94,10 @@ async def test_a_cluster_node_dashboard_lists_every_node_and_where_each_call_is(
 
 
 async def test_a_member_on_another_node_is_shown_and_disconnected_from_this_node(
-    redis_url: str, tmp_path, ids  # noqa: F811 - the fixture
+    redis_url: str, tmp_path, ids, browser: Any  # noqa: F811 - the fixture
 ) -> None:
+    from selenium.webdriver.common.by import By
+
     secrets = ClusterSecrets.make()
     dirs = [tmp_path / "n0", tmp_path / "n1"]
     share_tls(tmp_path / "shared", dirs)
@@ -154,6 +157,39 @@ async def test_a_member_on_another_node_is_shown_and_disconnected_from_this_node
             headers=headers,
         ) as r:
             assert r.status == 404
+
+        # In the browser: node 0's dashboard shows a member of node 1's call under node 1,
+        # and its Disconnect button (the page's cookie and CSRF token; node 0 forwards the
+        # action with the admin key) closes that client with 4014.
+        clicked = ids()
+        events = await _join(nodes[0], guild, channel, clicked)
+        assert str(nodes[1].port) in events["voice_server"]["endpoint"]
+        clients[clicked] = await VoiceConnection.connect(
+            events["voice_state"], events["voice_server"], ssl=trust
+        )
+        login = json.loads((dirs[0] / "node.json").read_text())["dashboard_url"]
+        await asyncio.to_thread(browser.get, login)
+        row = f'section.node.remote[data-node^="n1 ("] tr.member[data-user="{clicked}"]'
+        async with asyncio.timeout(30):
+            while not await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, row):
+                await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            lambda: browser.find_element(By.CSS_SELECTOR, f"{row} button.disconnect").click()
+        )
+        closed = await clients[clicked].next_event(ConnectionClosed, timeout=30)
+        assert closed.code == 4014
+        async with asyncio.timeout(30):
+            while f"disconnected {clicked}" not in await asyncio.to_thread(
+                lambda: browser.find_element(By.ID, "message").text
+            ):
+                await asyncio.sleep(0.2)
+        await asyncio.to_thread(
+            browser.save_screenshot, str(ARTIFACTS / "dashboard-cluster.png")
+        )
+        # Its row goes at the next read of node 1 (the page keeps updating other nodes).
+        async with asyncio.timeout(30):
+            while await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, row):
+                await asyncio.sleep(0.2)
     finally:
         for client in clients.values():
             await client.close()

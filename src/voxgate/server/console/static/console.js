@@ -155,6 +155,11 @@ function channelCard(channel) {
       el('span', { class: 'spacer' }), seconds, el('span', { class: 'unit', text: 's' }), record, end),
     rates.box, table);
   card.dataset.channel = key;
+  if (channel.remote) {
+    // A call of another node or worker: its history and recorder are on that node.
+    rates.box.hidden = true;
+    for (const control of [seconds, record, card.querySelector('.unit')]) control.hidden = true;
+  }
   record.addEventListener('click', async () => {
     const { ok, answer } = await act('/v1/recordings', {
       guild_id: channel.guild_id, channel_id: channel.channel_id, seconds: Number(seconds.value) || 30,
