@@ -232,11 +232,24 @@ async def test_bot_resumes_after_the_gateway_drops_and_rejoins_after_a_voice_fai
     await sandbox.voice_server_failover(sandbox.guild_id)
     # The bot comes back on the new voice server: a new session joins alice's channel.
     await alice.wait_event(MembersConnected, lambda e: bot.user_id in e.user_ids, after=seen)
+    # Clients Connect comes at the new session's Identify; discord.py's voice client is
+    # connected only once its Session Description has been sent, and a `!play` before that
+    # is "Not connected to voice".
+    await sandbox.wait_for(lambda: _voice_described(sandbox, bot.user_id), timeout=20)
     before = len(alice.heard(bot))
     second, _ = tones(1.0, 6)
     await command(sandbox, alice, f"!play {second}", r"^finished", bot)
     heard = await alice.wait_heard(bot, packets=before + len(ogg_packets(second)), quiet=0.5)
     assert as_played(name, audio(heard.opus[before:])) == ogg_packets(second)
+
+
+def _voice_described(sandbox: SandboxFixture, user_id: object) -> bool:
+    """Whether ``user_id`` has a voice session whose Session Description has gone out."""
+    assert sandbox.node is not None
+    return any(
+        session.user_id == str(user_id) and session.described and not session.deferred
+        for session in sandbox.node.router.sessions.values()
+    )
 
 
 async def test_discord_py_connect_times_out_without_the_voice_states_intent(
