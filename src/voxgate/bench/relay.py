@@ -312,6 +312,12 @@ class VoxgateRelay(Relay):
         frame = first.connection.dave.encrypt(opus)
         if frame is None or not is_dave_frame(frame) or len(frame) != DAVE_PAYLOAD_SIZE:
             raise RuntimeError(f"davey made no {DAVE_PAYLOAD_SIZE}-byte DAVE frame: {frame!r}")
+        # A frame of this group: another member opens it. (The generator's send stamp over
+        # its first 12 bytes then breaks the tag, which the relay never checks.)
+        second = members[0][-1]
+        assert isinstance(second, VoxgateMember) and second is not first
+        if second.connection.dave.decrypt(first.connection.user_id, frame) != opus:
+            raise RuntimeError("a member of the group could not open the bench's DAVE frame")
         return frame
 
     def stop(self) -> None:
@@ -997,8 +1003,9 @@ async def run_dave(
     group is established, send a real DAVE frame of that group, are saturated in turn
     (:func:`interleave`); both send payloads of :data:`DAVE_PAYLOAD_SIZE` bytes. The relay
     never opens a DAVE frame, so ``dave_to_plain`` (the median ratio of their saturations,
-    with its spread) should be 1. Every payload received is compared by the C generator
-    with the one sent: ``dave_frames_verified`` says the DAVE side's were DAVE frames,
+    with its spread) should be 1. The DAVE frame is checked to open on another member of its
+    group before load starts; every payload received is compared by the C generator with
+    the one sent: ``dave_frames_verified`` says the DAVE side's were DAVE frames,
     byte-identical, and the plain side's were not DAVE frames.
     """
     if loadgen is None:
