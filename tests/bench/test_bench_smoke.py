@@ -104,9 +104,7 @@ async def test_dave_relay_bench_forwards_the_members_dave_frames_byte_identical(
     result = await run_dave(seconds=0.5, quick=True, loadgen=loadgen, rounds=1)
     for key in ("plain", "dave"):
         assert {"forwarded_pps", "saturation_channels", "cpu_ms_per_1000"} <= result[key].keys()
-        assert [step["loss"] for step in result[key]["steps"]] == [0.0] * len(
-            result[key]["steps"]
-        )
+        assert [step["loss"] for step in result[key]["steps"]] == [0.0] * len(result[key]["steps"])
     for key in ("dave_to_plain", "dave_to_plain_spread", "dave_to_plain_rounds"):
         assert key in result
     assert len(result["dave_to_plain_rounds"]) == 1
