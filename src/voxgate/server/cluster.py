@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: How long a channel learnt to be another node's is refused without asking Redis again.
 LOST_MEMORY_S = 2 * HEARTBEAT_S
+#: Heartbeats between two writes of the node's admin URL to Redis.
+ADMIN_URL_EVERY = 20
 #: Placement latencies kept for the percentiles /healthz reports.
 LATENCY_SAMPLES = 2048
 
@@ -111,6 +113,7 @@ class ClusterAgent:
         self._cpu_share = 0.0
         #: This node's admin API (set once it listens): other nodes' consoles read it.
         self.admin_url = ""
+        self._admin_url_set = ""
         node.router.admit_channel = self.admit
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -181,8 +184,16 @@ class ClusterAgent:
             self.load(), self.ttl_s, self._occupied(now), dict(self.held), now
         )
         self.heartbeats += 1
-        if self.admin_url:
-            await self.store.set_admin_url(self.node_id, self.admin_url, self.ttl_s)
+        # Not at every heartbeat (one Redis round trip each is the budget): when it is new,
+        # after Redis was away (it may have forgotten), and every ADMIN_URL_EVERY beats.
+        if self.admin_url and (
+            self._admin_url_set != self.admin_url
+            or not self.connected
+            or self.heartbeats % ADMIN_URL_EVERY == 0
+        ):
+            ttl_s = ADMIN_URL_EVERY * self.heartbeat_s + self.ttl_s
+            await self.store.set_admin_url(self.node_id, self.admin_url, ttl_s)
+            self._admin_url_set = self.admin_url
         if not self.connected:
             if self.down_since is not None:
                 log.warning(
