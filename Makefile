@@ -77,8 +77,13 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy --strict src/voxgate/protocol src/voxgate/sandbox/model.py src/voxgate/sandbox/gateway.py
 
+# Most of the suite waits on real-time audio and real clients, not on the CPU (a serial run
+# is ~16 min wall for ~3.5 min of CPU): three workers, one test file each at a time, so a
+# module's shared fixtures (one sandbox, one node) stay in one process and no two tests
+# share a port. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 3
 pytest: dev
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 test: dev lint typecheck pytest
 
