@@ -17,13 +17,11 @@ outside as an operator would:
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import shutil
 import statistics
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,18 +128,6 @@ def _split(delta: dict[str, int]) -> tuple[int, int]:
     return sent, ran
 
 
-def _join(node: BenchNode, key: str, guild: str, channel: str, user: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"{node.admin_url}/v1/voice/join",
-        data=json.dumps({"guild_id": guild, "channel_id": channel, "user_id": user}).encode(),
-        headers={"Authorization": f"Bearer {key}"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        events: dict[str, Any] = json.load(response)
-    return events
-
-
 async def _joins(
     nodes: list[BenchNode], key: str, count: int, per_channel: int, parallel: int
 ) -> tuple[float, list[float], dict[str, int]]:
@@ -155,7 +141,7 @@ async def _joins(
         async with semaphore:
             started = time.perf_counter()
             events = await loop.run_in_executor(
-                None, _join, node, key, "bench", f"c{index // per_channel}", f"u{index}"
+                None, node.join, "bench", f"c{index // per_channel}", f"u{index}", key
             )
             latencies.append(time.perf_counter() - started)
         endpoint = events["voice_server"]["endpoint"]

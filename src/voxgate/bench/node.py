@@ -50,8 +50,10 @@ class BenchNode:
     def ca_path(self) -> Path:
         return self.data_dir / "tls" / "ca.pem"
 
-    def join(self, guild: str, channel: str, user: str) -> dict[str, Any]:
-        key = (self.data_dir / "admin_key").read_text().strip()
+    def join(self, guild: str, channel: str, user: str, key: str | None = None) -> dict[str, Any]:
+        """POST /v1/voice/join as ``user``; ``key`` is the admin key (default: the node's own)."""
+        if key is None:
+            key = (self.data_dir / "admin_key").read_text().strip()
         request = urllib.request.Request(
             f"{self.admin_url}/v1/voice/join",
             data=json.dumps({"guild_id": guild, "channel_id": channel, "user_id": user}).encode(),
