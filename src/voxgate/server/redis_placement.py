@@ -60,21 +60,36 @@ SETTLE_S = 2 * HEARTBEAT_S
 #: under the change sets, 30 s); the others only at what changed.
 FULL_EVERY = 20
 
-HEARTBEAT = """
-local p, id = ARGV[1], ARGV[2]
-if ARGV[3] == '0' then
-  redis.call('SET', p..'alive:'..id, '1')
+
+def _register(node: str, first: int) -> str:
+    """Lua that marks the node in the Lua variable ``node`` alive and writes its record, from
+    ARGV[first] on: ttl in ms ('0': no expiry), endpoint, state, sessions, channels, cpu;
+    and notes when Redis first saw a node (``since``). ``p`` is the key prefix."""
+    ttl, endpoint, state, sessions, channels, cpu = (f"ARGV[{first + i}]" for i in range(6))
+    return f"""
+if {ttl} == '0' then
+  redis.call('SET', p..'alive:'..{node}, '1')
 else
-  redis.call('SET', p..'alive:'..id, '1', 'PX', ARGV[3])
+  redis.call('SET', p..'alive:'..{node}, '1', 'PX', {ttl})
 end
-redis.call('HSET', p..'node:'..id, 'endpoint', ARGV[4], 'state', ARGV[5],
-  'sessions', ARGV[6], 'channels', ARGV[7], 'cpu', ARGV[8])
-redis.call('SADD', p..'nodes', id)
-redis.call('ZADD', p..'load', redis.call('SCARD', p..'placed:'..id), id)
+redis.call('HSET', p..'node:'..{node}, 'endpoint', {endpoint}, 'state', {state},
+  'sessions', {sessions}, 'channels', {channels}, 'cpu', {cpu})
+redis.call('SADD', p..'nodes', {node})
 local t = redis.call('TIME')
 redis.call('SET', p..'since', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
+"""
+
+
+HEARTBEAT = (
+    """
+local p, id = ARGV[1], ARGV[2]
+"""
+    + _register("id", 3)
+    + """
+redis.call('ZADD', p..'load', redis.call('SCARD', p..'placed:'..id), id)
 return 1
 """
+)
 
 LIVE_NODES = """
 local p = ARGV[1]
@@ -163,7 +178,8 @@ return {owner, redis.call('HGET', ck, 'epoch'),
   redis.call('HGET', p..'node:'..owner, 'endpoint') or ''}
 """
 
-RECONCILE = """
+RECONCILE = (
+    """
 local p, me, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local mine = p..'placed:'..me
 local function recount(id)
@@ -180,16 +196,9 @@ if ARGV[5] == '1' then
   if fresh and mode == 'd' then
     mode = 'fresh'
   end
-  if ARGV[6] == '0' then
-    redis.call('SET', p..'alive:'..me, '1')
-  else
-    redis.call('SET', p..'alive:'..me, '1', 'PX', ARGV[6])
-  end
-  redis.call('HSET', p..'node:'..me, 'endpoint', ARGV[7], 'state', ARGV[8],
-    'sessions', ARGV[9], 'channels', ARGV[10], 'cpu', ARGV[11])
-  redis.call('SADD', p..'nodes', me)
-  local t = redis.call('TIME')
-  redis.call('SET', p..'since', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
+"""
+    + _register("me", 6)
+    + """
   i = 12
 end
 if mode == 'fresh' then
@@ -280,6 +289,7 @@ if ARGV[5] == '1' or #held > 0 or #released > 0 then
 end
 return {held, lost, released, 0}
 """
+)
 
 _encoder = msgspec.json.Encoder()
 _key_decoder = msgspec.json.Decoder(tuple[str, str])
