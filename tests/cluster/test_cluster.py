@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import signal
 import ssl
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support.audio import SILENCE, ogg_packets, read_packet_log
+from tests.support.audio import SILENCE, audio_arrives_byte_exact, ogg_packets, read_packet_log
 from tests.support.drivers import VoiceChannel
 from tests.support.proxy import CuttableProxy
 from voxgate.bench.cluster import ClusterSecrets, share_tls, start_cluster_node
@@ -152,27 +151,6 @@ async def _connect(
     )
 
 
-async def _audio_arrives_byte_exact(speaker: VoiceConnection, listener: VoiceConnection) -> None:
-    heard: list[bytes] = []
-    ssrc = speaker.ssrc
-
-    def on_packet(sender: int, header: bytes, payload: bytes) -> None:
-        if sender == ssrc:
-            heard.append(payload)
-
-    listener.add_listener(on_packet)
-    await speaker.set_speaking(True)
-    sent = [os.urandom(60 + n) for n in range(40)]
-    for payload in sent:
-        assert speaker.send_opus(payload)
-        await asyncio.sleep(0.005)
-    async with asyncio.timeout(10):
-        while len(heard) < len(sent):
-            await asyncio.sleep(0.02)
-    listener.remove_listener(on_packet)
-    assert heard == sent
-
-
 async def _eventually(check: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
     """Poll ``check`` (sync or async) until it returns something true; an admin API that
     refuses meanwhile (a 503 while Redis is away) counts as not yet."""
@@ -229,7 +207,7 @@ async def test_channels_spread_over_the_nodes_and_every_node_sends_a_channel_to_
     speaker = await _connect(cluster, first, "a", "speaker", [])
     listener = await _connect(cluster, third, "a", "listener", [])
     assert speaker.join.endpoint == listener.join.endpoint == placed["a"]
-    await _audio_arrives_byte_exact(speaker, listener)
+    await audio_arrives_byte_exact(speaker, listener)
     for connection in (speaker, listener):
         await connection.close()
     metrics = _metrics(first)
@@ -333,7 +311,7 @@ async def test_workers_on_redis_are_nodes_of_the_cluster_and_the_supervisor_plac
     speaker = await _connect(cluster, single, on_worker, "speaker", [])
     listener = await _connect(cluster, supervisor, on_worker, "listener", [])
     assert speaker.join.endpoint == listener.join.endpoint == placed[on_worker]
-    await _audio_arrives_byte_exact(speaker, listener)
+    await audio_arrives_byte_exact(speaker, listener)
     for connection in (speaker, listener):
         await connection.close()
 
@@ -353,7 +331,7 @@ async def test_kill_9_of_a_node_its_channel_is_placed_again_and_clients_stream_o
     speaker = await _connect(cluster, survivors[0], channel, "speaker", survivors)
     listener = await _connect(cluster, survivors[1], channel, "listener", survivors)
     assert speaker.join.endpoint == listener.join.endpoint == victim_endpoint
-    await _audio_arrives_byte_exact(speaker, listener)
+    await audio_arrives_byte_exact(speaker, listener)
 
     store = aioredis.Redis.from_url(redis_url)
     victim_id = f"n{cluster.nodes.index(victim)}"
@@ -378,7 +356,7 @@ async def test_kill_9_of_a_node_its_channel_is_placed_again_and_clients_stream_o
     back_after = time.monotonic() - killed
     assert speaker.join.endpoint == listener.join.endpoint == new_endpoint
     assert speaker.rejoins >= 1 and listener.rejoins >= 1
-    await _audio_arrives_byte_exact(speaker, listener)
+    await audio_arrives_byte_exact(speaker, listener)
     streaming_after = time.monotonic() - killed
     print(
         f"\nfailover: liveness TTL left at kill {ttl_left_ms} ms (of {NODE_TTL_S * 1000:.0f}); "
@@ -416,7 +394,7 @@ async def test_a_redis_restart_keeps_every_call_and_the_nodes_register_again(
         other = first if holder is second else second
         speaker = await _connect(cluster, other, "kept", "speaker", [])
         listener = await _connect(cluster, other, "kept", "listener", [])
-        await _audio_arrives_byte_exact(speaker, listener)
+        await audio_arrives_byte_exact(speaker, listener)
 
         server.kill()
         # While Redis is down: the call goes on, its holder still mints joins for it, and a
@@ -426,7 +404,7 @@ async def test_a_redis_restart_keeps_every_call_and_the_nodes_register_again(
         assert body["error"].startswith("channel not placed: Redis at ")
         status, events = await asyncio.to_thread(_join_status, holder, "kept")
         assert status == 200 and events["voice_server"]["endpoint"] == held
-        await _audio_arrives_byte_exact(speaker, listener)
+        await audio_arrives_byte_exact(speaker, listener)
         health = await _eventually(
             lambda: (h := holder.health())["cluster"]["redis"] == "unreachable" and h
         )
@@ -446,7 +424,7 @@ async def test_a_redis_restart_keeps_every_call_and_the_nodes_register_again(
         fresh = await _eventually(lambda: _join_status(other, "fresh")[0] == 200)
         assert fresh
         assert "ending its" not in cluster.log(holder)
-        await _audio_arrives_byte_exact(speaker, listener)
+        await audio_arrives_byte_exact(speaker, listener)
         assert [(c.resumes, c.reidentifies, c.rejoins) for c in (speaker, listener)] == [
             (0, 0, 0),
             (0, 0, 0),
@@ -511,7 +489,7 @@ async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
         assert await _placed(direct, "split") == cluster.endpoint(cut)
         first = await _connect(cluster, direct, "split", "first", [direct])
         second = await _connect(cluster, direct, "split", "second", [direct])
-        await _audio_arrives_byte_exact(first, second)
+        await audio_arrives_byte_exact(first, second)
 
         store = aioredis.Redis.from_url(redis_url)
         await proxy.block()
@@ -522,7 +500,7 @@ async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
         assert int(await store.hget('vg:chan:["g","split"]', "epoch")) == 2
         third = await _connect(cluster, direct, "split", "third", [direct])
         assert third.join.endpoint == cluster.endpoint(direct)
-        await _audio_arrives_byte_exact(first, second)
+        await audio_arrives_byte_exact(first, second)
 
         proxy.unblock()
         # Back in touch, n0 learns from its reconcile that n1 holds the channel: it ends its
@@ -530,8 +508,8 @@ async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
         for connection in (first, second):
             await connection.next_event(SessionRestarted, timeout=30)
         assert {c.join.endpoint for c in (first, second, third)} == {cluster.endpoint(direct)}
-        await _audio_arrives_byte_exact(first, third)
-        await _audio_arrives_byte_exact(third, second)
+        await audio_arrives_byte_exact(first, third)
+        await audio_arrives_byte_exact(third, second)
         assert cut.health()["sessions"] == 0 and direct.health()["sessions"] == 3
         # Off the event loop: n0 answers through Redis, and its Redis is behind this loop's proxy.
         view = await asyncio.to_thread(_view, cut)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.audio import audio_arrives_byte_exact
 from voxgate.bench.node import BenchNode
 from voxgate.client import VoiceConnection, VoiceConnectionError
 from voxgate.protocol.messages import Identify, Ready, Resume
@@ -152,27 +153,6 @@ async def _call(node: Supervised, guild: str, channel: str) -> tuple[VoiceConnec
     return speaker, listener
 
 
-async def _audio_arrives_byte_exact(speaker: VoiceConnection, listener: VoiceConnection) -> None:
-    heard: list[bytes] = []
-    ssrc = speaker.ssrc
-
-    def on_packet(sender: int, header: bytes, payload: bytes) -> None:
-        if sender == ssrc:
-            heard.append(payload)
-
-    listener.add_listener(on_packet)
-    await speaker.set_speaking(True)
-    sent = [os.urandom(60 + n) for n in range(40)]
-    for payload in sent:
-        assert speaker.send_opus(payload)
-        await asyncio.sleep(0.005)
-    async with asyncio.timeout(5):
-        while len(heard) < len(sent):
-            await asyncio.sleep(0.02)
-    listener.remove_listener(on_packet)
-    assert heard == sent
-
-
 def test_ready_line_lists_the_workers_and_the_node_file_records_them(
     supervised: Supervised,
 ) -> None:
@@ -195,7 +175,7 @@ async def test_channels_spread_over_workers_and_each_call_relays_byte_exact(
     calls = [await _call(supervised, "g", "first"), await _call(supervised, "g", "second")]
     for (speaker, listener), endpoint in zip(calls, (first, second), strict=True):
         assert speaker.join.endpoint == listener.join.endpoint == endpoint
-        await _audio_arrives_byte_exact(speaker, listener)
+        await audio_arrives_byte_exact(speaker, listener, timeout=5)
     health = supervised.health()
     assert health["sessions"] == 4 and health["channels"] == 2
     assert [w["sessions"] for w in health["workers"]] == [2, 2]
@@ -275,9 +255,9 @@ async def test_a_killed_worker_is_restarted_on_its_ports_and_the_other_call_goes
     assert fresh["voice_server"]["endpoint"] == victim_endpoint
     speaker = await _connect(supervised, fresh)
     listener = await _connect(supervised, supervised.join("g", victim_channel, "fresh-listener"))
-    await _audio_arrives_byte_exact(speaker, listener)
+    await audio_arrives_byte_exact(speaker, listener, timeout=5)
 
-    await _audio_arrives_byte_exact(*calm)
+    await audio_arrives_byte_exact(*calm, timeout=5)
     assert [(c.resumes, c.reidentifies) for c in calm] == [(0, 0), (0, 0)]
     for connection in (*calm, *doomed, speaker, listener):
         await connection.close()

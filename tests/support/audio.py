@@ -8,12 +8,18 @@ that set must still be the one sent: the check the interop tests use for "sounds
 from __future__ import annotations
 
 import array
+import asyncio
 import math
+import os
 import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
+
+if TYPE_CHECKING:
+    from voxgate.client import VoiceConnection
 
 SAMPLE_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms
@@ -134,3 +140,28 @@ def read_packet_log(path: Path) -> dict[str | None, list[bytes]]:
 
 
 SILENCE = b"\xf8\xff\xfe"
+
+
+async def audio_arrives_byte_exact(
+    speaker: VoiceConnection, listener: VoiceConnection, timeout: float = 10.0
+) -> None:
+    """``speaker`` sends 40 random Opus payloads; ``listener`` must hear each as sent, in
+    order, within ``timeout`` seconds."""
+    heard: list[bytes] = []
+    ssrc = speaker.ssrc
+
+    def on_packet(sender: int, header: bytes, payload: bytes) -> None:
+        if sender == ssrc:
+            heard.append(payload)
+
+    listener.add_listener(on_packet)
+    await speaker.set_speaking(True)
+    sent = [os.urandom(60 + n) for n in range(40)]
+    for payload in sent:
+        assert speaker.send_opus(payload)
+        await asyncio.sleep(0.005)
+    async with asyncio.timeout(timeout):
+        while len(heard) < len(sent):
+            await asyncio.sleep(0.02)
+    listener.remove_listener(on_packet)
+    assert heard == sent
