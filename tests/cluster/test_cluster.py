@@ -210,7 +210,7 @@ async def test_channels_spread_over_the_nodes_and_every_node_sends_a_channel_to_
     await audio_arrives_byte_exact(speaker, listener)
     for connection in (speaker, listener):
         await connection.close()
-    metrics = _metrics(first)
+    metrics = first.metrics()
     assert metrics["voxgate_placement_seconds_count"] >= 7  # first's own placements
     assert metrics["voxgate_cluster_nodes_live"] == 3
     assert metrics["voxgate_cluster_channels_placed"] == 6
@@ -430,7 +430,7 @@ async def test_a_redis_restart_keeps_every_call_and_the_nodes_register_again(
             (0, 0, 0),
         ]
         assert "Redis reachable again after" in cluster.log(holder)
-        metrics = _metrics(holder)
+        metrics = holder.metrics()
         assert metrics["voxgate_redis_errors_total"] > 0
         assert metrics["voxgate_cluster_nodes_live"] == 2
         for connection in (speaker, listener):
@@ -460,19 +460,6 @@ async def test_a_node_started_while_redis_is_down_serves_and_registers_once_it_i
 
 def _id(cluster: Cluster, node: BenchNode) -> str:
     return f"n{cluster.nodes.index(node)}"
-
-
-def _metrics(node: BenchNode) -> dict[str, float]:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{node.admin_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
@@ -517,7 +504,7 @@ async def test_a_node_cut_off_from_redis_is_fenced_and_no_channel_stays_split(
         assert "channel g/split is held by node n1 now: ending its 2 sessions here" in (
             cluster.log(cut)
         )
-        metrics = await asyncio.to_thread(_metrics, cut)
+        metrics = await asyncio.to_thread(cut.metrics)
         assert metrics["voxgate_cluster_sessions_fenced_total"] == 2
         assert metrics["voxgate_cluster_claims_lost_total"] == 1
         for connection in (first, second, third):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,17 +33,6 @@ class RunningServer(BenchNode):
     @property
     def ports(self) -> tuple[int, int, int]:
         return self.port, self.udp_port, self.admin_port
-
-    def metrics(self) -> dict[str, float]:
-        """The Prometheus samples of ``/metrics``, by name with labels."""
-        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                samples[name] = float(value)
-        return samples
 
     def dropped(self, reason: str) -> float:
         return self.metrics().get(f'voxgate_packets_dropped_total{{reason="{reason}"}}', 0.0)

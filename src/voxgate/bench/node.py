@@ -69,6 +69,17 @@ class BenchNode:
             health: dict[str, Any] = json.load(response)
         return health
 
+    def metrics(self) -> dict[str, float]:
+        """The Prometheus samples of ``/metrics``, by name with labels."""
+        with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        return samples
+
     def media_path(self) -> str:
         """"native" or "python": the media path the node runs, as its /metrics says."""
         with urllib.request.urlopen(f"{self.admin_url}/metrics", timeout=10) as response:
