@@ -124,9 +124,12 @@ class Closed(Exception):
         self.reason = str(reason or "")
 
 
-@pytest.fixture
-async def raw_gateways(sandbox: Sandbox) -> AsyncIterator[Callable[..., Awaitable[RawGateway]]]:
-    """Open raw gateway connections to ``sandbox``; all closed after the test."""
+RawGateways = Callable[..., Awaitable[RawGateway]]
+
+
+@contextlib.asynccontextmanager
+async def raw_gateway_opener(sandbox: Sandbox) -> AsyncIterator[RawGateways]:
+    """A function that opens raw gateway connections to ``sandbox``; all closed on exit."""
     opened: list[RawGateway] = []
 
     async def open_(**query: str) -> RawGateway:
@@ -134,10 +137,19 @@ async def raw_gateways(sandbox: Sandbox) -> AsyncIterator[Callable[..., Awaitabl
         opened.append(gateway)
         return gateway
 
-    yield open_
-    for gateway in opened:
-        with contextlib.suppress(Exception):
-            await gateway.close()
+    try:
+        yield open_
+    finally:
+        for gateway in opened:
+            with contextlib.suppress(Exception):
+                await gateway.close()
+
+
+@pytest.fixture
+async def raw_gateways(sandbox: Sandbox) -> AsyncIterator[RawGateways]:
+    """Open raw gateway connections to ``sandbox``; all closed after the test."""
+    async with raw_gateway_opener(sandbox) as open_:
+        yield open_
 
 
 class DpyBot:

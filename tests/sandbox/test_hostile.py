@@ -5,10 +5,9 @@ error, and a real discord.py bot logged in beside them stays connected and keeps
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,10 +16,8 @@ import pytest
 import pytest_asyncio
 import yarl
 
-from tests.sandbox.conftest import DpyBot, RawGateway
+from tests.sandbox.conftest import DpyBot, RawGateway, RawGateways, raw_gateway_opener
 from voxgate.sandbox.app import Sandbox
-
-RawGateways = Callable[..., Awaitable[RawGateway]]
 
 IDENTIFY = "identify first"
 
@@ -60,17 +57,8 @@ async def bystander(sandbox: Sandbox) -> AsyncIterator[DpyBot]:
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def raw_gateways(sandbox: Sandbox) -> AsyncIterator[RawGateways]:
-    opened: list[RawGateway] = []
-
-    async def open_(**query: str) -> RawGateway:
-        gateway = await RawGateway.connect(sandbox.gateway_url, **query)
-        opened.append(gateway)
-        return gateway
-
-    yield open_
-    for gateway in opened:
-        with contextlib.suppress(Exception):
-            await gateway.close()
+    async with raw_gateway_opener(sandbox) as open_:
+        yield open_
 
 
 async def still_working(sandbox: Sandbox, bot: DpyBot) -> None:
