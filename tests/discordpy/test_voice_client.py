@@ -22,18 +22,19 @@ import pytest
 
 import voxgate.discordpy
 from tests.discordpy.harness import start_bot, stop_bot, trust
-from tests.support.audio import SILENCE, decode_opus, dominant_tones, ogg_packets, read_packet_log
+from tests.support.audio import (
+    SILENCE,
+    decode_opus,
+    dominant_tones,
+    ogg_packets,
+    read_packet_log,
+    without_trailing_silence,
+)
 from tests.support.drivers import VoiceChannel
 from voxgate.client import AudioPlayer, OggOpusSource, VoiceConnection
 from voxgate.protocol.dave import is_dave_frame
 
 pytestmark = pytest.mark.interop
-
-
-def _trimmed(packets: list[bytes]) -> list[bytes]:
-    while packets and packets[-1] == SILENCE:
-        packets = packets[:-1]
-    return packets
 
 
 class OpusRecorder(voxgate.discordpy.AudioSink):
@@ -145,7 +146,10 @@ async def test_bot_records_a_voxgate_client_and_a_discordjs_client_byte_exact_un
     assert js.saw("played")
     js_codes = {event["code"] for event in js.saw("privacy_code") if event["code"]}
     vox_sent, js_sent = ogg_packets(vox_file), ogg_packets(js_file)
-    vox_heard, js_heard = _trimmed(opus.packets[vox_id]), _trimmed(opus.packets[js_id])
+    vox_heard, js_heard = (
+        without_trailing_silence(opus.packets[vox_id]),
+        without_trailing_silence(opus.packets[js_id]),
+    )
     relayed = [frame for frames in wire.values() for frame in frames if frame != SILENCE]
     print(
         f"\nrecording bot under DAVE (privacy code {bot_code}):"
@@ -236,9 +240,9 @@ async def test_bot_plays_ffmpeg_pcm_and_ffmpeg_opus_heard_by_discordjs_under_dav
     sent = ogg_packets(opus_file)
     # The Ogg/Opus file's packets, passed through: byte for byte, after the PCM part.
     start = heard.index(sent[0])
-    assert _trimmed(heard[start:]) == sent
+    assert without_trailing_silence(heard[start:]) == sent
     # The PCM part, re-encoded by the bot: the same tones, window by window.
-    pcm_part = _trimmed(heard[:start])
+    pcm_part = without_trailing_silence(heard[:start])
     assert len(pcm_part) >= len(pcm_windows) * 5 - 2
     matched = _matching(pcm_windows, _tones_of(pcm_part))
     print(

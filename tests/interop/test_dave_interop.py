@@ -39,11 +39,6 @@ pytestmark = pytest.mark.interop
 LEAD_S = 1.5
 
 
-def _received(driver: Driver, user: str) -> list[bytes]:
-    assert driver.out is not None
-    return read_packet_log(driver.out).get(user, [])
-
-
 def _without_silence(packets: list[bytes]) -> list[bytes]:
     return [packet for packet in packets if packet != SILENCE]
 
@@ -119,7 +114,7 @@ async def test_third_party_clients_hear_each_other_end_to_end_encrypted(
     finally:
         tap_heard.close()
         await tap_connection.close()
-    heard = _without_silence(_received(receiver, sender_id))
+    heard = _without_silence(receiver.received(sender_id))
     assert heard == sent, receiver.report()
     report = _dave_report(receiver)
     counts = report["decryption"][sender_id]
@@ -160,7 +155,7 @@ async def test_the_voxgate_client_is_heard_end_to_end_encrypted_by_both_third_pa
     finally:
         await tap_connection.close()
     for receiver in (js, dpy):
-        assert _without_silence(_received(receiver, speaker_id)) == sent, receiver.report()
+        assert _without_silence(receiver.received(speaker_id)) == sent, receiver.report()
         counts = _dave_report(receiver)["decryption"][speaker_id]
         assert counts["successes"] >= len(sent) and counts["passthroughs"] == 0, receiver.report()
     wire = tap.frames_of(speaker_id)
@@ -237,13 +232,13 @@ async def test_three_members_one_leaves_another_joins_audio_goes_on_codes_agree(
     # The audio went on through both changes: the member there all along heard all of it,
     # in order and intact (the voxgate sender holds its frames from the commit to op 22,
     # so no receiver gets a frame under a key it does not have yet)...
-    heard = _without_silence(_received(js, speaker_id))
+    heard = _without_silence(js.received(speaker_id))
     assert _span(heard, sent)[:2] == (0, len(sent) - 1), js.report()
     assert _span(heard, sent)[2] == 0, js.report()
     # ...the one that left heard the start, the one that joined the rest.
-    early = _without_silence(_received(dpy, speaker_id))
+    early = _without_silence(dpy.received(speaker_id))
     assert _span(early, sent)[0] < 25 and _span(early, sent)[2] <= 2, dpy.report()
-    tail = _without_silence(_received(late, speaker_id))
+    tail = _without_silence(late.received(speaker_id))
     # @discordjs/voice hands the application DAVE frames as they came while it is not in
     # the group yet (DAVESession.decrypt returns the packet when it cannot decrypt): only
     # at the start, before its Welcome.
@@ -333,14 +328,14 @@ async def test_a_client_without_dave_downgrades_the_call_and_its_leaving_upgrade
     assert len(heard) > 40 and _span(heard, speaker_sent)[2] <= 2
     # Everyone heard the member without DAVE, byte for byte...
     for name, packets in (
-        ("js", _received(js, plain_id)),
+        ("js", js.received(plain_id)),
         ("speaker", speaker_heard.opus_of(plain_id)),
         ("tap", tap_heard.opus_of(plain_id)),
     ):
         assert _without_silence(packets) == plain_sent, name
     # ...and the speaker from start to end, through the downgrade and the upgrade.
     for name, packets in (
-        ("js", _received(js, speaker_id)),
+        ("js", js.received(speaker_id)),
         ("tap", tap_heard.opus_of(speaker_id)),
     ):
         first, last, missing = _span(_without_silence(packets), speaker_sent)
@@ -386,7 +381,7 @@ async def test_under_required_a_client_without_dave_gets_4017_and_the_call_goes_
             await js.finish()
     finally:
         await speaker.close()
-    assert _without_silence(_received(js, speaker_id)) == sent
+    assert _without_silence(js.received(speaker_id)) == sent
     counts = _dave_report(js)["decryption"][speaker_id]
     assert counts["successes"] >= len(sent) and counts["passthroughs"] == 0
     assert _codes(js) == {code}

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.audio import SILENCE, ogg_packets, read_packet_log
-from tests.support.drivers import Driver, VoiceChannel
+from tests.support.audio import SILENCE, ogg_packets, without_trailing_silence
+from tests.support.drivers import VoiceChannel
 from tests.support.proxy import CuttableProxy
 from tests.support.server import RunningServer, start_server
 
@@ -38,17 +38,6 @@ def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSe
     server = start_server(tmp_path_factory.mktemp("voxgate-plain"), "--dave", "off")
     yield server
     server.stop()
-
-
-def _received(driver: Driver, user: str) -> list[bytes]:
-    assert driver.out is not None
-    return read_packet_log(driver.out).get(user, [])
-
-
-def _without_trailing_silence(packets: list[bytes]) -> list[bytes]:
-    while packets and packets[-1] == SILENCE:
-        packets = packets[:-1]
-    return packets
 
 
 async def _stream(
@@ -67,7 +56,7 @@ async def _stream(
         await receiver.wait_for("listening")
         await channel.start(sender_kind, "play", sender_id, file=file)
         await channel.finish()
-    return _received(receiver, sender_id), sender_id
+    return receiver.received(sender_id), sender_id
 
 
 @pytest.mark.parametrize(("sender_kind", "receiver_kind"), [("js", "dpy"), ("dpy", "js")])
@@ -77,7 +66,7 @@ async def test_one_client_hears_the_other_byte_exact(
     file, _ = tones(2.0, 1)
     sent = ogg_packets(file)
     received, _ = await _stream(plain_server, tmp_path, ids, sender_kind, receiver_kind, file)
-    assert _without_trailing_silence(received) == sent
+    assert without_trailing_silence(received) == sent
     # Then the silence frames senders end with (receivers may swallow some of them).
     assert 0 < len(received) - len(sent) <= 5
 
@@ -96,13 +85,13 @@ async def test_mixed_modes_two_speaking_at_once_three_members(
         assert (await dpy.wait_for("ready"))["mode"] == "aead_xchacha20_poly1305_rtpsize"
         await channel.finish()
     js_sent, dpy_sent = ogg_packets(js_file), ogg_packets(dpy_file)
-    assert _without_trailing_silence(_received(listener, js_id)) == js_sent
-    assert _without_trailing_silence(_received(listener, dpy_id)) == dpy_sent
+    assert without_trailing_silence(listener.received(js_id)) == js_sent
+    assert without_trailing_silence(listener.received(dpy_id)) == dpy_sent
     # The two speakers hear each other, across modes, from the moment each is in: the one
     # that joined second missed the other's first packets, never any after.
     for heard, sent in (
-        (_without_trailing_silence(_received(js, dpy_id)), dpy_sent),
-        (_without_trailing_silence(_received(dpy, js_id)), js_sent),
+        (without_trailing_silence(js.received(dpy_id)), dpy_sent),
+        (without_trailing_silence(dpy.received(js_id)), js_sent),
     ):
         assert len(heard) > len(sent) // 2
         assert heard == sent[len(sent) - len(heard) :]
@@ -117,7 +106,7 @@ async def test_legacy_xsalsa20_modes_carry_discord_py_audio(
     server = start_voxgate("--modes", mode, "--dave", "off")
     file, _ = tones(1.0, 4)
     received, _ = await _stream(server, tmp_path, ids, "dpy", "dpy", file)
-    assert _without_trailing_silence(received) == ogg_packets(file)
+    assert without_trailing_silence(received) == ogg_packets(file)
 
 
 async def test_late_joiner_is_told_who_is_here_and_hears_the_rest(
@@ -139,10 +128,10 @@ async def test_late_joiner_is_told_who_is_here_and_hears_the_rest(
     assert late.saw("voice_member_connect", user_id=early_id)
     # ...Speaking told it whose ssrc the audio is, and it heard the rest of the stream.
     assert late.saw("voice_member_speaking_state", user_id=sender_id)
-    heard = _without_trailing_silence(_received(late, sender_id))
+    heard = without_trailing_silence(late.received(sender_id))
     assert 10 < len(heard) < len(sent) - 10
     assert heard == sent[len(sent) - len(heard) :]
-    assert _without_trailing_silence(_received(early, sender_id)) == sent
+    assert without_trailing_silence(early.received(sender_id)) == sent
     # The others learnt of the newcomer (op 11) and of the sender leaving (op 13).
     assert early.saw("voice_member_connect", user_id=late_id)
     assert early.saw("voice_member_disconnect", user_id=sender_id)
@@ -196,5 +185,5 @@ async def test_sender_whose_websocket_is_cut_resumes_and_keeps_streaming(
     # Nothing was lost: every packet of the file arrived, in order. discord.js pauses its
     # player while its WebSocket is down (with silence frames, as after any pause) and
     # picks up where it stopped once resumed.
-    heard = [packet for packet in _received(receiver, sender_id) if packet != SILENCE]
+    heard = [packet for packet in receiver.received(sender_id) if packet != SILENCE]
     assert heard == sent

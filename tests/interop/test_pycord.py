@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.audio import SILENCE, ogg_packets, read_packet_log
-from tests.support.drivers import PYCORD_PYTHON, Driver, VoiceChannel
+from tests.support.audio import ogg_packets, without_trailing_silence
+from tests.support.drivers import PYCORD_PYTHON, VoiceChannel
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.interop
@@ -29,17 +29,6 @@ DECODE_CLOSE = r"closing gateway: 4002"
 @pytest.fixture(autouse=True)
 def _pycord_installed() -> None:
     assert PYCORD_PYTHON.exists(), f"{PYCORD_PYTHON} is missing: run `make pycord`"
-
-
-def _received(driver: Driver, user: str) -> list[bytes]:
-    assert driver.out is not None
-    return read_packet_log(driver.out).get(user, [])
-
-
-def _without_trailing_silence(packets: list[bytes]) -> list[bytes]:
-    while packets and packets[-1] == SILENCE:
-        packets = packets[:-1]
-    return packets
 
 
 async def test_py_cord_plays_and_discord_py_and_discord_js_hear_it_byte_exact(
@@ -60,8 +49,8 @@ async def test_py_cord_plays_and_discord_py_and_discord_js_hear_it_byte_exact(
         await channel.finish()
     assert voxgate_server.log_count(DECODE_CLOSE) == closes_before
     for receiver in (dpy, js):
-        heard = _received(receiver, sender_id)
-        assert _without_trailing_silence(heard) == sent, receiver.name
+        heard = receiver.received(sender_id)
+        assert without_trailing_silence(heard) == sent, receiver.name
         assert 0 < len(heard) - len(sent) <= 5, receiver.name
     # The server relayed py-cord's Speaking (and its ssrc) to the others.
     assert dpy.saw("voice_member_speaking_state", user_id=sender_id)
@@ -81,8 +70,8 @@ async def test_py_cord_records_the_others_byte_exact_through_its_own_sink(
         await receiver.wait_for("listening")
         await channel.start(sender_kind, "play", sender_id, file=file)
         await channel.finish()
-    heard = _received(receiver, sender_id)
-    assert _without_trailing_silence(heard) == sent
+    heard = receiver.received(sender_id)
+    assert without_trailing_silence(heard) == sent
     # py-cord's jitter buffer keeps the newest packet back: the last silence frame may stay
     assert 0 < len(heard) - len(sent) <= 5
     assert receiver.saw("voice_member_connect", user_id=sender_id)
@@ -114,4 +103,4 @@ async def test_py_cord_to_py_cord_in_the_legacy_xsalsa20_modes(
         sender = await channel.start("pycord", "play", sender_id, file=file)
         assert (await sender.wait_for("ready"))["mode"] == mode
         await channel.finish()
-    assert _without_trailing_silence(_received(receiver, sender_id)) == ogg_packets(file)
+    assert without_trailing_silence(receiver.received(sender_id)) == ogg_packets(file)

@@ -142,6 +142,13 @@ def read_packet_log(path: Path) -> dict[str | None, list[bytes]]:
 SILENCE = b"\xf8\xff\xfe"
 
 
+def without_trailing_silence(packets: list[bytes]) -> list[bytes]:
+    """``packets`` without the Opus silence frames a sender ends its stream with."""
+    while packets and packets[-1] == SILENCE:
+        packets = packets[:-1]
+    return packets
+
+
 async def audio_arrives_byte_exact(
     speaker: VoiceConnection, listener: VoiceConnection, timeout: float = 10.0
 ) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.audio import read_packet_log
+
 INTEROP = Path(__file__).resolve().parents[1] / "interop"
 JS_DRIVER = INTEROP / "js" / "client.mjs"
 DPY_DRIVER = INTEROP / "dpy_client.py"
@@ -75,6 +77,11 @@ class Driver:
     def kill(self) -> None:
         if self.process.returncode is None:
             self.process.kill()
+
+    def received(self, user: str) -> list[bytes]:
+        """The packets this client recorded from ``user`` (it was started with ``out``)."""
+        assert self.out is not None
+        return read_packet_log(self.out).get(user, [])
 
     def report(self) -> str:
         events = "\n".join(json.dumps(e) for e in self.events)
