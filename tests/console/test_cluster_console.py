@@ -21,6 +21,11 @@ from tests.server.test_workers import _serve_workers
 from voxgate.bench.cluster import ClusterSecrets, share_tls, start_cluster_node
 from voxgate.client import ConnectionClosed, VoiceConnection
 
+# Imported at collection, not first by share_tls's lazy import deep in a test's stack:
+# there CPython 3.11.7 parsing it for pytest's assertion rewriting (voxgate is a pytest
+# plugin) raised "SystemError: AST constructor recursion depth mismatch" in a full run.
+from voxgate.server import tls  # noqa: F401
+
 
 async def _join(node: Any, guild: str, channel: str, user: str) -> dict[str, Any]:
     """The node's join, once the fresh cluster places channels (503 until Redis settles)."""
