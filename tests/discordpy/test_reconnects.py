@@ -18,7 +18,7 @@ import pytest
 
 import voxgate.discordpy
 from tests.discordpy.harness import start_bot, stop_bot, trust
-from tests.support.audio import SILENCE, ogg_packets
+from tests.support.audio import SILENCE, heard_positions, ogg_packets
 from tests.support.proxy import CuttableProxy
 from tests.support.server import start_server
 from voxgate.client import AudioReceiver, VoiceConnection
@@ -28,19 +28,6 @@ pytestmark = pytest.mark.interop
 
 def _heard(receiver: AudioReceiver, user: int) -> list[bytes]:
     return [packet for packet in receiver.opus_of(str(user)) if packet != SILENCE]
-
-
-def _positions(sent: list[bytes], heard: list[bytes]) -> list[int]:
-    """Where each heard packet is in ``sent``, matched in order; fails if one is not there
-    (out of order, altered, or never sent)."""
-    positions, at = [], 0
-    for packet in heard:
-        while at < len(sent) and sent[at] != packet:
-            at += 1
-        assert at < len(sent), "a packet heard that was not sent, or out of order"
-        positions.append(at)
-        at += 1
-    return positions
 
 
 class Listener:
@@ -148,7 +135,7 @@ async def test_node_restart_the_call_resumes_and_audio_continues(tmp_path, ids, 
         await stop_bot(client)
         (restarted or server).stop()
     heard = _heard(listener.receiver, bot_id)
-    positions = _positions(sent, heard)
+    positions = heard_positions(sent, heard)
     print(
         f"\nnode restart: {heard_before} packets before the kill, {len(heard)} in all of"
         f" {len(sent)}; the connection came back {reconnects} time(s), never rejoined"
@@ -252,7 +239,7 @@ async def test_reconnect_flag_decides_what_a_lost_websocket_does(
         await stop_bot(client)
         await proxy.close()
     heard = _heard(listener.receiver, bot_id)
-    positions = _positions(sent, heard)
+    positions = heard_positions(sent, heard)
     if reconnect:
         assert positions[-1] == len(sent) - 1  # it played on to the end after the cut
     else:

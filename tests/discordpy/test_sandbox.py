@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.audio import heard_positions
 from voxgate.client import OggOpusSource
 
 BOTS = Path(__file__).resolve().parents[1] / "sandbox" / "bots"
@@ -68,18 +69,6 @@ async def test_a_voice_recv_music_bot_switched_to_voxgate_plays_and_records_unde
     assert connection.dave.frames_decrypted >= len(song)
 
 
-def _positions(sent: list[bytes], heard: list[bytes]) -> list[int]:
-    """Where each heard packet is in ``sent``, matched in order (fails if one is not)."""
-    positions, at = [], 0
-    for packet in heard:
-        while at < len(sent) and sent[at] != packet:
-            at += 1
-        assert at < len(sent), "a packet heard that was not sent, or out of order"
-        positions.append(at)
-        at += 1
-    return positions
-
-
 async def _switched_bot(voxgate_sandbox, tmp_path):
     bot_file = tmp_path / "music_bot.py"
     bot_file.write_text((BOTS / "music_bot.py").read_text().replace(IMPORT, SWITCHED))
@@ -119,7 +108,7 @@ async def test_the_bot_follows_a_move_a_failover_and_a_moderator_disconnect(
     await voxgate_sandbox.voice_server_failover(voxgate_sandbox.guild_id)
     await voxgate_sandbox.wait_for_message("^finished", author=bot, after=playing, timeout=60)
     heard = (await alice.wait_heard(bot, packets=len(sent) - 50, quiet=0.5)).audio
-    positions = _positions(sent, heard)
+    positions = heard_positions(sent, heard)
     print(
         f"\nsandbox: moved with alice to {elsewhere}; through a voice-server failover alice"
         f" heard {len(heard)} of {len(sent)} packets, in order, to the last"

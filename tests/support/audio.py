@@ -149,6 +149,19 @@ def without_trailing_silence(packets: list[bytes]) -> list[bytes]:
     return packets
 
 
+def heard_positions(sent: list[bytes], heard: list[bytes]) -> list[int]:
+    """Where each heard packet is in ``sent``, matched in order; fails if one is not there
+    (out of order, altered, or never sent)."""
+    found, at = [], 0
+    for packet in heard:
+        while at < len(sent) and sent[at] != packet:
+            at += 1
+        assert at < len(sent), "a packet heard that was not sent, or out of order"
+        found.append(at)
+        at += 1
+    return found
+
+
 async def audio_arrives_byte_exact(
     speaker: VoiceConnection, listener: VoiceConnection, timeout: float = 10.0
 ) -> None:
