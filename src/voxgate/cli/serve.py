@@ -422,39 +422,18 @@ def serve(
     from voxgate.loop import install_uvloop
 
     install_uvloop()
+    cluster = None if redis is None or node_id is None else (redis, node_id)
+    # What the node and the supervisor of workers both take after config and authority.
+    node_args = (data_dir, admin_host, resolved_admin_port, ca_path, resolved_admin_key, cluster)
     if workers == 1:
-        cluster = None if redis is None or node_id is None else (redis, node_id)
-        asyncio.run(
-            _serve(
-                config,
-                authority,
-                data_dir,
-                admin_host,
-                resolved_admin_port,
-                ca_path,
-                resolved_admin_key,
-                cluster,
-            )
-        )
+        asyncio.run(_serve(config, authority, *node_args))
         return
     from voxgate.server.workers import worker_specs
 
     specs = worker_specs(
         workers, config, tls_files, authority_secret, authority.ttl_s, log_level, redis, node_id
     )
-    asyncio.run(
-        _serve_workers(
-            specs,
-            config,
-            authority,
-            data_dir,
-            admin_host,
-            resolved_admin_port,
-            ca_path,
-            resolved_admin_key,
-            None if redis is None or node_id is None else (redis, node_id),
-        )
-    )
+    asyncio.run(_serve_workers(specs, config, authority, *node_args))
 
 
 def token(
