@@ -82,10 +82,7 @@ typecheck: $(VENV)/.installed-dev
 # module's shared fixtures (one sandbox, one node) stay in one process and no two tests
 # share a port. PYTEST_WORKERS=0 runs serially.
 PYTEST_WORKERS ?= 3
-# Sources are compiled first: CPython 3.11 can fail compile() run in two threads at once
-# ("AST constructor recursion depth mismatch"), which tests importing in threads hit cold.
 pytest: dev
-	$(BIN)/python -m compileall -q src tests >/dev/null
 	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 test: dev lint typecheck pytest
