@@ -80,6 +80,23 @@ redis.call('SET', p..'since', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) 
 """
 
 
+def _give(node: str, epoch: str) -> str:
+    """Lua that gives channel ``k`` (its record at ``ck``, held by ``owner`` or by none) to
+    the node in the Lua variable ``node``, in a new epoch kept in the local ``epoch``, with
+    its tokens valid until ARGV[3]; the previous owner notes it in ``gone:<owner>``."""
+    return f"""
+if owner then
+  redis.call('SREM', p..'placed:'..owner, k)
+  redis.call('SADD', p..'gone:'..owner, k)
+  recount(owner)
+end
+local {epoch} = redis.call('INCR', p..'epoch:'..k)
+redis.call('PERSIST', p..'epoch:'..k)
+redis.call('HSET', ck, 'node', {node}, 'epoch', {epoch}, 'until', ARGV[3])
+redis.call('SADD', p..'placed:'..{node}, k)
+"""
+
+
 HEARTBEAT = (
     """
 local p, id = ARGV[1], ARGV[2]
@@ -110,7 +127,8 @@ end
 return out
 """
 
-CLAIM = """
+CLAIM = (
+    """
 local p, k, untl, settle = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit = tonumber(ARGV[5])
 local ck = p..'chan:'..k
@@ -159,15 +177,9 @@ if (not owner) or redis.call('EXISTS', p..'alive:'..owner) == 0 then
   if not chosen then
     return false
   end
-  if owner then
-    redis.call('SREM', p..'placed:'..owner, k)
-    redis.call('SADD', p..'gone:'..owner, k)
-    recount(owner)
-  end
-  local epoch = redis.call('INCR', p..'epoch:'..k)
-  redis.call('PERSIST', p..'epoch:'..k)
-  redis.call('HSET', ck, 'node', chosen, 'epoch', epoch, 'until', ARGV[3])
-  redis.call('SADD', p..'placed:'..chosen, k)
+"""
+    + _give("chosen", "epoch")
+    + """
   redis.call('SADD', p..'new:'..chosen, k)
   recount(chosen)
   owner = chosen
@@ -177,6 +189,7 @@ end
 return {owner, redis.call('HGET', ck, 'epoch'),
   redis.call('HGET', p..'node:'..owner, 'endpoint') or ''}
 """
+)
 
 RECONCILE = (
     """
@@ -250,15 +263,9 @@ for _, k in ipairs(order) do
   local owner = c[1]
   if (not owner) or (owner ~= me and redis.call('EXISTS', p..'alive:'..owner) == 0) then
     if occupied[k] then
-      if owner then
-        redis.call('SREM', p..'placed:'..owner, k)
-        redis.call('SADD', p..'gone:'..owner, k)
-        recount(owner)
-      end
-      local e = redis.call('INCR', p..'epoch:'..k)
-      redis.call('PERSIST', p..'epoch:'..k)
-      redis.call('HSET', ck, 'node', me, 'epoch', e, 'until', ARGV[3])
-      redis.call('SADD', mine, k)
+"""
+    + _give("me", "e")
+    + """
       table.insert(held, k)
       table.insert(held, e)
       table.insert(held, ARGV[3])
