@@ -226,15 +226,23 @@ async def test_dave_policy_is_accepted(start_sandbox: Any, tmp_path: Path, polic
     assert f"dave={policy}" in sandbox.ready_line()
 
 
-def test_a_bad_flag_fails_in_one_line(tmp_path: Path) -> None:
+def _sandbox_fails(data_dir: Path, *args: str) -> str:
+    """Run ``voxgate sandbox`` with ``args``; it must exit 1. Returns its stderr, stripped."""
     result = subprocess.run(
-        [sys.executable, "-m", "voxgate", "sandbox", "--data-dir", str(tmp_path), "--dave", "on"],
+        [sys.executable, "-m", "voxgate", "sandbox", "--data-dir", str(data_dir), *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == "voxgate: --dave must be off, preferred or required, not 'on'"
+    return result.stderr.strip()
+
+
+def test_a_bad_flag_fails_in_one_line(tmp_path: Path) -> None:
+    assert (
+        _sandbox_fails(tmp_path, "--dave", "on")
+        == "voxgate: --dave must be off, preferred or required, not 'on'"
+    )
 
 
 def test_a_port_in_use_fails_in_one_line(tmp_path: Path) -> None:
@@ -242,23 +250,8 @@ def test_a_port_in_use_fails_in_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "voxgate",
-                "sandbox",
-                "--data-dir",
-                str(tmp_path),
-                "--port",
-                str(port),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("voxgate: cannot listen on 127.0.0.1")
+        stderr = _sandbox_fails(tmp_path, "--port", str(port))
+    assert stderr.splitlines()[-1].startswith("voxgate: cannot listen on 127.0.0.1")
     assert not (tmp_path / "sandbox.json").exists()
 
 
@@ -300,22 +293,5 @@ async def test_host_is_used_by_every_url_the_voice_endpoint_and_the_certificate(
 
 
 def test_an_unknown_privileged_intent_fails_in_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "voxgate",
-            "sandbox",
-            "--data-dir",
-            str(tmp_path),
-            "--privileged-intents",
-            "members,voice",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().startswith(
-        "voxgate: --privileged-intents: unknown privileged intent 'voice'"
-    )
+    stderr = _sandbox_fails(tmp_path, "--privileged-intents", "members,voice")
+    assert stderr.startswith("voxgate: --privileged-intents: unknown privileged intent 'voice'")
