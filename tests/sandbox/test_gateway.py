@@ -29,6 +29,13 @@ def token(sandbox: Sandbox, index: int = 0) -> str:
     return str(sandbox.info["bots"][index]["token"])
 
 
+async def _join_voice(sandbox: Sandbox, bot: DpyBot) -> discord.VoiceClient:
+    """``bot`` joins the sandbox's voice channel through discord.py's own connect."""
+    channel = bot.client.get_channel(sandbox.voice_channel_id)
+    assert isinstance(channel, discord.VoiceChannel)
+    return await channel.connect(timeout=20)
+
+
 async def test_discord_py_logs_in_sees_the_guild_and_joins_voice(
     sandbox: Sandbox, dpy_bots: DpyBots
 ) -> None:
@@ -122,9 +129,7 @@ async def test_a_disconnected_discord_py_bot_leaves_voice(
     sandbox: Sandbox, dpy_bots: DpyBots
 ) -> None:
     bot = await dpy_bots(0)
-    channel = bot.client.get_channel(sandbox.voice_channel_id)
-    assert isinstance(channel, discord.VoiceChannel)
-    voice = await channel.connect(timeout=20)
+    voice = await _join_voice(sandbox, bot)
     await sandbox.disconnect_member(bot.client.user.id, sandbox.guild_id)
     await bot.wait(lambda: not voice.is_connected())
     assert sandbox.model.voice_state(sandbox.guild_id, bot.client.user.id) is None
@@ -135,9 +140,7 @@ async def test_discord_py_rejoins_voice_after_a_voice_server_failover(
     sandbox: Sandbox, dpy_bots: DpyBots
 ) -> None:
     bot = await dpy_bots(0)
-    channel = bot.client.get_channel(sandbox.voice_channel_id)
-    assert isinstance(channel, discord.VoiceChannel)
-    voice = await channel.connect(timeout=20)
+    voice = await _join_voice(sandbox, bot)
     assert sandbox.node is not None
     (before,) = sandbox.node.router.sessions.values()
     await sandbox.voice_server_failover(sandbox.guild_id)
@@ -458,9 +461,7 @@ async def test_an_unserved_version_closes_4012(sandbox: Sandbox, raw_gateways: R
 async def test_two_bots_in_voice_see_each_other(sandbox: Sandbox, dpy_bots: DpyBots) -> None:
     first = await dpy_bots(0)
     second = await dpy_bots(1)
-    channel = first.client.get_channel(sandbox.voice_channel_id)
-    assert isinstance(channel, discord.VoiceChannel)
-    voice = await channel.connect(timeout=20)
+    voice = await _join_voice(sandbox, first)
     await second.wait(
         lambda: [
             args
@@ -560,9 +561,7 @@ async def test_discord_py_follows_a_moderator_dragging_it_to_another_channel(
     bot = await dpy_bots(0)
     lounge_id = sandbox.create_voice_channel(sandbox.guild_id, "Lounge")
     await bot.wait(lambda: bot.client.get_channel(lounge_id))
-    general = bot.client.get_channel(sandbox.voice_channel_id)
-    assert isinstance(general, discord.VoiceChannel)
-    voice = await general.connect(timeout=20)
+    voice = await _join_voice(sandbox, bot)
     await sandbox.move_member(bot.client.user.id, lounge_id)
     assert sandbox.node is not None
 
