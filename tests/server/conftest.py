@@ -138,11 +138,20 @@ class Peer:
             Identify(server_id=guild, user_id=user, session_id=grant.session_id, token=token)
         )
         self.ready = await self.expect(Ready)
+        await self.select_udp(mode)
+        description = await self.expect(SessionDescription)
+        self.cipher = transport_cipher(description.mode, bytes(description.secret_key))
+        return description
+
+    async def select_udp(self, mode: str) -> None:
+        """After Ready: IP discovery on its UDP port, then Select Protocol with ``mode``."""
+        assert self.ready is not None
+        ready = self.ready
         loop = asyncio.get_running_loop()
         self.udp, _ = await loop.create_datagram_endpoint(
-            lambda: self.datagrams, remote_addr=("127.0.0.1", self.ready.port)
+            lambda: self.datagrams, remote_addr=("127.0.0.1", ready.port)
         )
-        self.udp.sendto(discovery.build_request(self.ready.ssrc))
+        self.udp.sendto(discovery.build_request(ready.ssrc))
         answer = discovery.parse(await asyncio.wait_for(self.datagrams.queue.get(), 5))
         await self.send(
             SelectProtocol(
@@ -150,9 +159,6 @@ class Peer:
                 data=SelectProtocolData(address=answer.address, port=answer.port, mode=mode),
             )
         )
-        description = await self.expect(SessionDescription)
-        self.cipher = transport_cipher(description.mode, bytes(description.secret_key))
-        return description
 
     def send_audio(self, payload: bytes) -> None:
         assert self.ready is not None and self.cipher is not None and self.udp is not None

@@ -12,14 +12,11 @@ from typing import Any
 
 from tests.server.conftest import Peer
 from tests.server.dave_call import DaveyPeer
-from voxgate.protocol import discovery
 from voxgate.protocol.crypto import transport_cipher
 from voxgate.protocol.messages import (
     Identify,
     Message,
     Ready,
-    SelectProtocol,
-    SelectProtocolData,
     SessionDescription,
 )
 from voxgate.protocol.opcodes import EncryptionMode
@@ -75,19 +72,8 @@ class DaveClient:
             )
         )
         peer.ready = await peer.expect(Ready)
-        loop = asyncio.get_running_loop()
-        peer.udp, _ = await loop.create_datagram_endpoint(
-            lambda: peer.datagrams, remote_addr=("127.0.0.1", peer.ready.port)
-        )
-        peer.udp.sendto(discovery.build_request(peer.ready.ssrc))
-        answer = discovery.parse(await asyncio.wait_for(peer.datagrams.queue.get(), 5))
         self.start()
-        await peer.send(
-            SelectProtocol(
-                protocol="udp",
-                data=SelectProtocolData(address=answer.address, port=answer.port, mode=mode),
-            )
-        )
+        await peer.select_udp(mode)
         await until(lambda: self.description is not None)
 
     def start(self) -> None:
