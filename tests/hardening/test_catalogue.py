@@ -15,10 +15,11 @@ import os
 import secrets
 import socket
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -76,6 +77,30 @@ class Node:
         return self.server.dropped(reason)
 
 
+async def _stream(
+    sent: list[bytes],
+    send: Callable[[bytes], None],
+    heartbeats: Callable[[], Awaitable[None]],
+    *alongside: Coroutine[Any, Any, None],
+) -> None:
+    """Until cancelled: a numbered 64-byte payload every 10 ms through ``send`` (each kept in
+    ``sent``), ``heartbeats`` every 25th, with ``alongside`` running; they end with it."""
+    tasks = [asyncio.create_task(coroutine) for coroutine in alongside]
+    try:
+        tick = 0
+        while True:
+            payload = os.urandom(60) + tick.to_bytes(4, "big")
+            sent.append(payload)
+            send(payload)
+            if tick % 25 == 0:
+                await heartbeats()
+            tick += 1
+            await asyncio.sleep(0.01)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 @dataclass
 class HonestCall:
     alice: Peer
@@ -97,21 +122,11 @@ class HonestCall:
             while True:
                 await self.carol.datagrams.queue.get()
 
-        tasks = [asyncio.create_task(receive()), asyncio.create_task(carol_drains())]
-        try:
-            tick = 0
-            while True:
-                payload = os.urandom(60) + tick.to_bytes(4, "big")
-                self.sent.append(payload)
-                self.alice.send_audio(payload)
-                if tick % 25 == 0:
-                    for member in (self.alice, self.bob, self.carol):
-                        await member.heartbeat()
-                tick += 1
-                await asyncio.sleep(0.01)
-        finally:
-            for task in tasks:
-                task.cancel()
+        async def heartbeats() -> None:
+            for member in (self.alice, self.bob, self.carol):
+                await member.heartbeat()
+
+        await _stream(self.sent, self.alice.send_audio, heartbeats, receive(), carol_drains())
 
     async def check(self) -> None:
         async with asyncio.timeout(10):
@@ -611,22 +626,15 @@ class DaveCall:
             while True:
                 await self.mallory.peer.datagrams.queue.get()
 
-        tasks = [asyncio.create_task(receive()), asyncio.create_task(drain())]
-        try:
-            tick = 0
-            while True:
-                opus = os.urandom(60) + tick.to_bytes(4, "big")
-                self.sent.append(opus)
-                assert self.alice.send_opus(opus).endswith(b"\xfa\xfa")
-                if tick % 25 == 0:
-                    for member in (self.alice, self.bob, self.mallory):
-                        with contextlib.suppress(ConnectionError, AssertionError):
-                            await member.peer.heartbeat()
-                tick += 1
-                await asyncio.sleep(0.01)
-        finally:
-            for task in tasks:
-                task.cancel()
+        def send(opus: bytes) -> None:
+            assert self.alice.send_opus(opus).endswith(b"\xfa\xfa")
+
+        async def heartbeats() -> None:
+            for member in (self.alice, self.bob, self.mallory):
+                with contextlib.suppress(ConnectionError, AssertionError):
+                    await member.peer.heartbeat()
+
+        await _stream(self.sent, send, heartbeats, receive(), drain())
 
     async def check(self) -> None:
         """bob heard alice to the end, in order, each frame intact; at most a frame or two
