@@ -75,7 +75,9 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests $(wildcard bench fuzz)
 
 typecheck: $(VENV)/.installed-dev
-	$(BIN)/mypy --strict src/voxgate/protocol src/voxgate/sandbox/model.py src/voxgate/sandbox/gateway.py
+	$(BIN)/mypy --strict src/voxgate/protocol src/voxgate/sandbox/model.py \
+		src/voxgate/sandbox/gateway.py src/voxgate/server/dave.py src/voxgate/client/dave.py \
+		src/voxgate/server/placement.py src/voxgate/server/fastpath.py
 
 # Most of the suite waits on real-time audio and real clients, not on the CPU (a serial run
 # is ~16 min wall for ~3.5 min of CPU): three workers, one test file each at a time, so a
