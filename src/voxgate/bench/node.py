@@ -111,6 +111,12 @@ class BenchNode:
                 self.process.wait()
 
 
+#: A port found free may be taken by another process before the node binds it (the tests
+#: start nodes from several processes at once): a node that cannot start on ports picked
+#: here is started again on new ones, this many times in all.
+FREE_PORT_ATTEMPTS = 5
+
+
 def start_node(
     *args: str,
     cpu: int | None = None,
@@ -125,10 +131,33 @@ def start_node(
     when given, else only warnings, to nowhere. ``env`` adds to its environment (for
     instance ``VOXGATE_NO_EXTENSIONS=1``, the pure-Python media path).
     """
-    environment = {**os.environ, **(env or {})}
     folder = data_dir or Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    port, udp_port, admin_port = ports or (free_port(), free_port(socket.SOCK_DGRAM), free_port())
+    attempts = 1 if ports is not None else FREE_PORT_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        chosen = ports or (free_port(), free_port(socket.SOCK_DGRAM), free_port())
+        try:
+            return _launch(args, chosen, folder, cpu, log_path, env)
+        except _ExitedEarly as exc:
+            if attempt == attempts:
+                raise RuntimeError(str(exc)) from None
+    raise AssertionError("unreachable")
+
+
+class _ExitedEarly(Exception):
+    pass
+
+
+def _launch(
+    args: tuple[str, ...],
+    ports: tuple[int, int, int],
+    folder: Path,
+    cpu: int | None,
+    log_path: Path | None,
+    env: Mapping[str, str] | None,
+) -> BenchNode:
+    environment = {**os.environ, **(env or {})}
+    port, udp_port, admin_port = ports
     command = [
         sys.executable,
         "-m",
@@ -167,7 +196,9 @@ def start_node(
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"voxgate serve exited with {process.returncode}{_tail(log_path)}")
+            raise _ExitedEarly(
+                f"voxgate serve exited with {process.returncode}{_tail(log_path)}"
+            )
         try:
             node.health()
             return node
