@@ -80,10 +80,10 @@ typecheck: $(VENV)/.installed-dev
 		src/voxgate/server/placement.py src/voxgate/server/fastpath.py
 
 # Most of the suite waits on real-time audio and real clients, not on the CPU (a serial run
-# is ~16 min wall for ~3.5 min of CPU): three workers, one test file each at a time, so a
+# is ~16 min wall for ~3.5 min of CPU): two workers, one test file each at a time, so a
 # module's shared fixtures (one sandbox, one node) stay in one process and no two tests
 # share a port. PYTEST_WORKERS=0 runs serially.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 2
 pytest: dev
 	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
