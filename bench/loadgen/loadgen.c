@@ -3,12 +3,16 @@
  *
  *   loadgen MEMBERS_FILE WARMUP_S SECONDS [PAYLOAD_HEX]
  *
- * MEMBERS_FILE lines: "fd channel ssrc speaker mode hexkey". Each fd is an inherited UDP
+ * MEMBERS_FILE lines: "fd channel ssrc speaker mode hexkey [counter]". Each fd is an inherited UDP
  * socket, already connected to the relay, of a member that Python joined through the real
  * handshake (Identify, IP discovery, Select Protocol, Session Description); hexkey is its
  * secret_key and mode its transport mode: "a" for aead_aes256_gcm_rtpsize, "x" for
  * aead_xchacha20_poly1305_rtpsize (OpenSSL has no XChaCha20, so HChaCha20 derives the
- * subkey here and OpenSSL's ChaCha20-Poly1305 does the rest, as libsodium does). A Python generator cannot both pace thousands of
+ * subkey here and OpenSSL's ChaCha20-Poly1305 does the rest, as libsodium does). counter,
+ * optional, is where the member's transport nonce counter starts (0 without it; the RTP
+ * sequence starts at counter mod 2^16, the timestamp at 960 times that): a member that
+ * earlier runs of this generator sent for needs a counter above theirs, or the relay's
+ * replay window drops its packets. A Python generator cannot both pace thousands of
  * senders and open hundreds of thousands of packets a second on one core without its own
  * queueing showing up as the relay's latency; this one can, so the figures are the relay's.
  *
@@ -95,10 +99,30 @@ static int hex_key(const char *hex, unsigned char *key) {
 static int load_members(const char *path) {
     FILE *file = fopen(path, "r");
     if (!file) { perror(path); return -1; }
-    int fd, channel, speaker;
-    unsigned long ssrc;
-    char mode, hex[80];
-    while (fscanf(file, "%d %d %lu %d %c %79s", &fd, &channel, &ssrc, &speaker, &mode, hex) == 6) {
+    char line[512];
+    int number = 0;
+    while (fgets(line, sizeof line, file)) {
+        number++;
+        if (!strchr(line, '\n') && !feof(file)) {
+            fprintf(stderr, "%s:%d: line too long\n", path, number);
+            fclose(file);
+            return -1;
+        }
+        int fd, channel, speaker, end6 = 0, end7 = 0;
+        unsigned long ssrc, counter = 0;
+        char mode, hex[80];
+        int fields = sscanf(line, "%d %d %lu %d %c %79s%n %lu%n", &fd, &channel, &ssrc,
+                            &speaker, &mode, hex, &end6, &counter, &end7);
+        if (fields == EOF) continue; /* a blank line */
+        const char *rest = line + (fields == 7 ? end7 : end6);
+        while (fields >= 6 && (*rest == ' ' || *rest == '\t' || *rest == '\r' || *rest == '\n'))
+            rest++;
+        if ((fields != 6 && fields != 7) || *rest || counter > 0xFFFFFFFFUL) {
+            fprintf(stderr, "%s:%d: not \"fd channel ssrc speaker mode hexkey [counter]\"\n",
+                    path, number);
+            fclose(file);
+            return -1;
+        }
         if (mode != 'a' && mode != 'x') { fprintf(stderr, "unknown mode %c\n", mode); return -1; }
         if (member_count == MAX_MEMBERS || channel < 0 || channel >= MAX_MEMBERS) {
             fprintf(stderr, "too many members or channels\n");
@@ -112,6 +136,9 @@ static int load_members(const char *path) {
         m->ssrc = (uint32_t)ssrc;
         m->speaker = speaker;
         m->mode = mode;
+        m->nonce = (uint32_t)counter;
+        m->sequence = (uint16_t)counter;
+        m->timestamp = (uint32_t)counter * 960u;
         memcpy(m->key, key, 32);
         m->open_ctx = EVP_CIPHER_CTX_new();
         m->seal_ctx = EVP_CIPHER_CTX_new();

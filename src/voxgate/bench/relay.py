@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from voxgate.bench.node import BenchNode, free_port, start_node
 from voxgate.client import VoiceConnection
@@ -99,7 +99,9 @@ def _paused_fd(transport: asyncio.DatagramTransport | None) -> int:
     if transport is None:
         raise RuntimeError("the member has no media socket")
     # The C generator reads the socket from here on; two readers would split the packets.
-    transport.pause_reading()
+    # A member kept across steps (PooledRelay) is handed over again, already paused.
+    if transport.is_reading():
+        transport.pause_reading()
     sock = transport.get_extra_info("socket")
     return int(sock.fileno())
 
@@ -188,6 +190,12 @@ class RawMember(Member):
             self.socket.transport.close()
 
 
+async def leave(members: list[list[Member]]) -> None:
+    """Every member leaves, a channel at a time."""
+    for channel in members:
+        await asyncio.gather(*(member.close() for member in channel), return_exceptions=True)
+
+
 @dataclass
 class Step:
     channels: int
@@ -219,6 +227,51 @@ class Relay(abc.ABC):
 
     @abc.abstractmethod
     def stop(self) -> None: ...
+
+    async def join_channel(
+        self, channel: int, per_channel: int, modes: Sequence[str], tally: Tally
+    ) -> list[Member]:
+        """``per_channel`` members of ``channel``, joined at once (all or none)."""
+        results = await asyncio.gather(
+            *(
+                self.join(channel, index, modes[index % len(modes)], tally)
+                for index in range(per_channel)
+            ),
+            return_exceptions=True,
+        )
+        joined = [result for result in results if isinstance(result, Member)]
+        for result in results:
+            if isinstance(result, BaseException):
+                await asyncio.gather(*(member.close() for member in joined))
+                raise result
+        return joined
+
+    async def join_channels(
+        self, channels: int, per_channel: int, modes: Sequence[str], tally: Tally
+    ) -> list[list[Member]]:
+        """The members of channels 0 to ``channels - 1`` for one step, counting into
+        ``tally``: here joined afresh, and closed by :meth:`release` after the step."""
+        members: list[list[Member]] = []
+        try:
+            for channel in range(channels):
+                members.append(await self.join_channel(channel, per_channel, modes, tally))
+        except BaseException:
+            await self.release(members)
+            raise
+        return members
+
+    async def release(self, members: list[list[Member]]) -> None:
+        """After a step: its members leave."""
+        await leave(members)
+
+    def rss_per_session_kb(self, before: int, members: list[list[Member]]) -> float:
+        """The relay's RSS per session, from its RSS ``before`` :meth:`join_channels`."""
+        return (self.rss_bytes() - before) / 1024 / max(1, sum(map(len, members)))
+
+    def nonce_base(self) -> int | None:
+        """Where the C generator starts this step's members' nonce counters; None: at 0,
+        as members joined for this step alone may."""
+        return None
 
     async def payload_template(self, members: list[list[Member]]) -> bytes | None:
         """The payload every speaker sends (its first 12 bytes replaced by the send stamp),
@@ -271,7 +324,7 @@ class VoxgateRelay(Relay):
         python_path: bool = False,
         dave: bool = False,
         sized_like_dave: bool = False,
-    ) -> VoxgateRelay:
+    ) -> Self:
         """A single-process node pinned to ``cpu``; ``python_path`` runs it without
         voxgate._fastpath (``VOXGATE_NO_EXTENSIONS=1``)."""
         env = {"VOXGATE_NO_EXTENSIONS": "1"} if python_path else None
@@ -322,6 +375,87 @@ class VoxgateRelay(Relay):
 
     def stop(self) -> None:
         self.node.stop()
+
+
+class PooledRelay(VoxgateRelay):
+    """A voxgate node kept up for a whole run, its members with it (``bench relay --dave``).
+
+    Joining DAVE members is slow for the bench itself: every member of a channel commits
+    every proposal batch in davey, about half a second of this process's CPU per channel of
+    ten (a plain join is a fifth of that), so joining every level's members afresh, as the
+    other benches do, takes the DAVE search most of an hour. Here each channel's members
+    join once, at the first level that needs them, and stay: a level of L channels streams
+    on channels 0 to L-1 while the members of higher channels stay joined and idle (only
+    their heartbeats and keep-alives reach the node). :meth:`stop` between steps leaves
+    everything up; :meth:`close` ends it. Both sides of the DAVE comparison are pooled
+    alike, so their ratio stays a like-for-like one.
+
+    A member sends again in every step, so each step's generator starts the nonce counters
+    at a new :meth:`nonce_base`, above all a member sent before: the node's replay window
+    would drop repeated counters as replays."""
+
+    #: Where step n's nonce counters start: n << NONCE_STEP_BITS, far more than the packets
+    #: a member sends in one step (50 a second); the counter wraps mod 2**32 as clients' do.
+    NONCE_STEP_BITS = 22
+
+    def __init__(self, node: BenchNode, *, dave: bool = False, sized_like_dave: bool = False):
+        super().__init__(node, dave=dave, sized_like_dave=sized_like_dave)
+        self.joined: list[list[Member]] = []
+        self.steps = 0
+        self._shape: tuple[int, tuple[str, ...]] | None = None
+        self._rss_at_start = self.rss_bytes()
+
+    async def join_channels(
+        self, channels: int, per_channel: int, modes: Sequence[str], tally: Tally
+    ) -> list[list[Member]]:
+        shape = (per_channel, tuple(modes))
+        if self._shape is not None and shape != self._shape:
+            raise ValueError(f"a pool of channels of {self._shape} cannot serve {shape}")
+        self._shape = shape
+        for channel in self.joined:
+            for member in channel:
+                member.tally = tally
+        while len(self.joined) < channels:
+            self.joined.append(await self.join_channel(len(self.joined), per_channel, modes, tally))
+        return self.joined[:channels]
+
+    async def release(self, members: list[list[Member]]) -> None:
+        """The members stay; the node drains what a step past saturation left queued,
+        which the next step (of either contender: they share a core) must not inherit."""
+        await self._settle()
+
+    async def _settle(self, limit_s: float = 10.0, interval_s: float = 0.2) -> None:
+        """Until the node uses under a tenth of a core over ``interval_s``, or ``limit_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        before = self.cpu_seconds()
+        while loop.time() < deadline:
+            await asyncio.sleep(interval_s)
+            now = self.cpu_seconds()
+            if now - before < 0.1 * interval_s:
+                return
+            before = now
+
+    def rss_per_session_kb(self, before: int, members: list[list[Member]]) -> float:
+        # Over every member the node holds, since it started: the pool's members joined
+        # over several steps.
+        held = sum(map(len, self.joined))
+        return (self.rss_bytes() - self._rss_at_start) / 1024 / max(1, held)
+
+    def nonce_base(self) -> int:
+        self.steps += 1
+        return (self.steps << self.NONCE_STEP_BITS) & 0xFFFF_FFFF
+
+    def stop(self) -> None:
+        """Nothing: the node and its members serve the next step too (see :meth:`close`)."""
+
+    async def close(self) -> None:
+        """The members leave and the node stops, for good."""
+        try:
+            await leave(self.joined)
+        finally:
+            self.joined = []
+            self.node.stop()
 
 
 class WorkersRelay(VoxgateRelay):
@@ -448,40 +582,50 @@ async def measure(
     payload_sizes: tuple[int, int] = (60, 160),
     loadgen: Path | None = None,
 ) -> Step:
-    """Join ``channels`` x ``per_channel`` members, stream for ``seconds``, count.
+    """Stream for ``seconds`` on ``channels`` x ``per_channel`` members, count.
 
-    With ``loadgen`` (and AES-GCM members only) the C generator sends and receives for the
-    members joined here; otherwise this process does, as a Python generator.
+    The members are the relay's :meth:`Relay.join_channels` (joined for this step, or with
+    a :class:`PooledRelay` kept from earlier steps). With ``loadgen`` (and modes it speaks)
+    the C generator sends and receives for them; otherwise this process does, as a Python
+    generator.
     """
     tally = Tally()
     rss_before = relay.rss_bytes()
-    members: list[list[Member]] = []
-    for channel in range(channels):
-        joined = await asyncio.gather(
-            *(
-                relay.join(channel, index, modes[index % len(modes)], tally)
-                for index in range(per_channel)
-            )
-        )
-        members.append(list(joined))
-    rss_per_session = (relay.rss_bytes() - rss_before) / 1024 / (channels * per_channel)
+    members = await relay.join_channels(channels, per_channel, modes, tally)
     try:
+        rss_per_session = relay.rss_per_session_kb(rss_before, members)
         template = await relay.payload_template(members)
-        if isinstance(relay, VoxgateRelay) and relay.dave and loadgen is None:
+        if loadgen is not None and set(modes) <= LOADGEN_MODES.keys():
+            return await _drive_with_loadgen(
+                loadgen,
+                relay,
+                members,
+                speakers,
+                seconds,
+                rss_per_session,
+                template,
+                nonce_base=relay.nonce_base(),
+            )
+        if isinstance(relay, VoxgateRelay) and relay.dave:
             # Members' own send_opus would DAVE-encrypt the frame again.
             raise RuntimeError("DAVE payloads need the C load generator")
-    except BaseException:
-        for channel in members:
-            await asyncio.gather(*(member.close() for member in channel))
-        raise
-    if loadgen is not None and set(modes) <= LOADGEN_MODES.keys():
-        try:
-            return await _drive_with_loadgen(
-                loadgen, relay, members, speakers, seconds, rss_per_session, template
-            )
-        finally:
-            for channel in members:
-                await asyncio.gather(*(member.close() for member in channel))
+        return await _drive_in_python(
+            relay, members, tally, speakers, seconds, payload_sizes, rss_per_session, template
+        )
+    finally:
+        await relay.release(members)
+
+
+async def _drive_in_python(
+    relay: Relay,
+    members: list[list[Member]],
+    tally: Tally,
+    speakers: int,
+    seconds: float,
+    payload_sizes: tuple[int, int],
+    rss_per_session: float,
+    template: bytes | None,
+) -> Step:
     talkers = [member for channel in members for member in channel[:speakers]]
     rng = random.Random(7)
     sizes = [rng.randint(*payload_sizes) for _ in range(256)]
@@ -514,14 +658,13 @@ async def measure(
     took = time.monotonic() - started
     await asyncio.sleep(0.3)  # let the last packets land
     cpu = relay.cpu_seconds() - cpu_before
+    per_channel = len(members[0]) if members else 0
     expected = sent * (per_channel - 1)
     received = tally.received
-    for channel in members:
-        await asyncio.gather(*(member.close() for member in channel))
     latencies = sorted(tally.latencies_ns) or [0]
     return Step(
-        channels=channels,
-        members=channels * per_channel,
+        channels=len(members),
+        members=sum(map(len, members)),
         offered_pps=round(expected / took),
         forwarded_pps=round(received / took),
         loss=round(max(0.0, 1 - received / expected), 5) if expected else 0.0,
@@ -543,15 +686,22 @@ async def _drive_with_loadgen(
     seconds: float,
     rss_per_session: float,
     template: bytes | None = None,
+    *,
+    nonce_base: int | None = None,
 ) -> Step:
+    """``nonce_base``: where every member's nonce counter (and RTP sequence) starts, the
+    members file's optional seventh column; None: at 0."""
     lines = []
     fds = []
+    counter = "" if nonce_base is None else f" {nonce_base & 0xFFFF_FFFF}"
     for channel, joined in enumerate(members):
         for index, member in enumerate(joined):
             fd, ssrc, mode, key = member.hand_over()
             fds.append(fd)
             speaker = int(index < speakers)
-            lines.append(f"{fd} {channel} {ssrc} {speaker} {LOADGEN_MODES[mode]} {key.hex()}")
+            lines.append(
+                f"{fd} {channel} {ssrc} {speaker} {LOADGEN_MODES[mode]} {key.hex()}{counter}"
+            )
     members_file = Path(tempfile.mkdtemp(prefix="voxgate-loadgen-")) / "members"
     members_file.write_text("\n".join(lines) + "\n")
     process = await asyncio.create_subprocess_exec(
@@ -1007,6 +1157,13 @@ async def run_dave(
     group before load starts; every payload received is compared by the C generator with
     the one sent: ``dave_frames_verified`` says the DAVE side's were DAVE frames,
     byte-identical, and the plain side's were not DAVE frames.
+
+    Each side is one :class:`PooledRelay` for the whole run: one node, and each channel's
+    members joined once and kept across levels (``members_kept_across_levels``), since
+    joining DAVE members afresh at every level costs the bench far more than the levels'
+    measuring (every member commits every proposal batch in davey). A level of L channels
+    streams on channels 0 to L-1; ``channels_joined`` says how many channels' members the
+    node held by the end, the others idle.
     """
     if loadgen is None:
         raise RuntimeError("voxgate bench relay --dave needs the C load generator")
@@ -1022,16 +1179,30 @@ async def run_dave(
         "rounds": rounds,
         "noise_limit": NOISE_LIMIT,
         "payload_size": DAVE_PAYLOAD_SIZE,
+        "members_kept_across_levels": True,
+        "members_note": (
+            "each side keeps one node and each channel's members for the whole run (joining "
+            "DAVE members afresh at every level would take the bench most of an hour); a "
+            "level of L channels streams on channels 0..L-1, members of higher channels "
+            "stay joined and idle"
+        ),
     }
-    contenders = {
-        "plain": Contender(lambda channels: VoxgateRelay.pinned(server_cpu, sized_like_dave=True)),
-        "dave": Contender(lambda channels: VoxgateRelay.pinned(server_cpu, dave=True)),
-    }
-    best, steps = await interleave(
-        contenders, seconds, 1 if quick else 8, 2 if quick else 512, loadgen, rounds=rounds
-    )
-    for name in contenders:
-        result[name] = _saturation(best[name], steps[name])
+    pools: dict[str, PooledRelay] = {}
+    try:
+        pools["plain"] = PooledRelay.pinned(server_cpu, sized_like_dave=True)
+        pools["dave"] = PooledRelay.pinned(server_cpu, dave=True)
+        contenders = {
+            name: Contender(lambda channels, pool=pool: pool) for name, pool in pools.items()
+        }
+        best, steps = await interleave(
+            contenders, seconds, 1 if quick else 8, 2 if quick else 512, loadgen, rounds=rounds
+        )
+        for name, pool in pools.items():
+            result[name] = _saturation(best[name], steps[name])
+            result[name]["channels_joined"] = len(pool.joined)
+    finally:
+        for pool in pools.values():
+            await pool.close()
     _put_ratio(result, "dave_to_plain", ratio(best["dave"], best["plain"]))
     ours, theirs = _cpu_by_level(steps["dave"]), _cpu_by_level(steps["plain"])
     common = sorted(set(ours) & set(theirs))

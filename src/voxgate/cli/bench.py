@@ -57,7 +57,9 @@ def relay(
         False,
         "--dave",
         help="Instead: voxgate with DAVE members sending DAVE frames against plain members "
-        "(--dave off), and their ratio.",
+        "(--dave off), and their ratio. Each side keeps one node and its members joined for "
+        "the whole run (DAVE joins are slow for the bench): a level of L channels streams on "
+        "the first L, the others idle.",
     ),
 ) -> None:
     """Forwarded packets/s to saturation at fan-out 10, latency, CPU, and the C ceiling.
@@ -66,7 +68,9 @@ def relay(
     relay) are measured in turn, level by level, --rounds times; each ratio is the median of
     its rounds with their spread, and no figure at all when the spread exceeds +-0.05.
     The nodes run --dave off and their members join without DAVE (the figures are the
-    transport relay's); --dave compares that with DAVE members instead.
+    transport relay's); --dave compares that with DAVE members instead, on one node per
+    side whose members stay joined across levels (joining DAVE members afresh at every
+    level would take the bench most of an hour).
     """
     from voxgate.bench.relay import build_loadgen, run
 
@@ -158,6 +162,11 @@ def _relay_dave(
     typer.echo(
         f"machine: {result['machine']}, generator: c, {result['rounds']} interleaved rounds, "
         f"payloads of {result['payload_size']} bytes on both sides"
+    )
+    typer.echo(
+        f"members kept across levels: {result['plain']['channels_joined']} plain and "
+        f"{result['dave']['channels_joined']} DAVE channels joined once, the ones a level "
+        "does not stream on idle"
     )
     for name in ("plain", "dave"):
         for step in result[name]["steps"]:
