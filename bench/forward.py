@@ -100,7 +100,7 @@ def measure(mode: EncryptionMode, path: str, count: int) -> tuple[float, float, 
             if path == "native":
                 assert fastpath.native is not None
                 relay = fastpath.native.Relay(
-                    server.fileno(), router.by_ssrc, stats, Router.forward
+                    server.fileno(), router, stats, Router.forward
                 )
             target = server.getsockname()
             took = 0.0

@@ -4,7 +4,9 @@ The C extension (``src/voxgate/_fastpath.c``) replaces, for the two modes real c
 (``aead_aes256_gcm_rtpsize`` and ``aead_xchacha20_poly1305_rtpsize``), what runs per packet
 in Python: the cipher's ``open_split``/``seal_split``, the replay window, the rate cap, and
 :meth:`MediaEndpoint.datagram_received` + :meth:`Router.forward` for the common case, which
-it does with one ``recvmmsg`` per batch and one ``sendmmsg`` for every receiver. Nothing
+it does with one ``recvmmsg`` per batch and one ``sendmmsg`` for every receiver. It keeps
+each sender's receivers (their ciphers and addresses) between packets, and reads them
+again whenever ``Router.generation`` changes (``Router.routes_changed``). Nothing
 exists only in C: each piece has its Python original, which runs when the extension is
 absent, and which the tests hold it to byte for byte. Anything the C path does not do
 itself (other datagrams, other modes, every drop, a DAVE-filtered call) it hands back to
@@ -168,7 +170,7 @@ class NativeTransport(asyncio.DatagramTransport):
         self._closing = False
         router = endpoint.router
         self.relay: Any = native.Relay(
-            sock.fileno(), router.by_ssrc, endpoint.stats, Router.forward
+            sock.fileno(), router, endpoint.stats, Router.forward
         )
         endpoint.connection_made(self)
         loop.add_reader(sock.fileno(), self._readable)

@@ -125,6 +125,9 @@ class Router:
         self.media_path = "python"
         #: Called with each session just described: the native path gives it C state here.
         self.on_described: Callable[[VoiceSession], None] = _as_is
+        #: Bumped by :meth:`routes_changed` whenever what Router.forward reads could differ:
+        #: the native path keeps each sender's receivers between packets until it changes.
+        self.generation = 0
         #: Asked before a channel opens on this node: None admits it, else the reason it
         #: is hosted elsewhere (a cluster node's placement sets it; closes with 4022).
         self.admit_channel: Callable[[ChannelKey], str | None] = _admit_any
@@ -217,6 +220,13 @@ class Router:
         for member in channel.members:
             member.send(ClientsConnect(user_ids=[session.user_id]))
         channel.members.append(session)
+        self.routes_changed()
+
+    def routes_changed(self) -> None:
+        """Say that a session's cipher, replay window, rate, address, mute or channel, a
+        channel's members or its forward, or ``by_ssrc`` changed. Whatever changes one of
+        them, in this module or elsewhere, calls this."""
+        self.generation += 1
 
     def resume(self, connection: GatewayConnection, message: Resume, now: float) -> None:
         # Checked before the session lookup: a client resuming at the wrong worker is told
@@ -290,6 +300,7 @@ class Router:
         session.cipher = transport_cipher(mode, secret_key)
         session.replay = replay_window(mode)
         self.on_described(session)
+        self.routes_changed()
         reply: list[Message] = [
             SessionDescription(
                 mode=mode.value,
@@ -379,6 +390,7 @@ class Router:
         if session.muted == muted:
             return
         session.muted = muted
+        self.routes_changed()
         session.log.info("server %s by an operator", "muted" if muted else "unmuted")
         flags = 0 if muted else session.speaking
         told = Speaking(speaking=flags, ssrc=session.ssrc, user_id=session.user_id)
@@ -415,6 +427,7 @@ class Router:
             channel.members.remove(session)
         if not channel.members and self.channels.get(channel.key) is channel:
             del self.channels[channel.key]
+        self.routes_changed()
         for member in channel.members:
             member.send(ClientDisconnect(user_id=session.user_id))
         if close is not None and session.connection is not None:
@@ -490,6 +503,7 @@ class Router:
                 else:
                     member.send_in_order(output.message)
         group = channel.dave
+        forward = channel.forward
         if group is not None and group.filters_media:
             channel.dave_receivers = [
                 member for member in channel.members if member.dave_protocol_version > 0
@@ -498,6 +512,8 @@ class Router:
         else:
             channel.dave_receivers = []
             channel.forward = self.forward
+        if channel.forward != forward:
+            self.routes_changed()
 
     def expire(self, now: float) -> None:
         """End sessions whose WebSocket has been gone longer than the resume grace, and
@@ -529,6 +545,7 @@ class Router:
             del self.by_address[session.address]
         session.address = address
         self.by_address[address] = session
+        self.routes_changed()
 
     def _allocate_ssrc(self) -> int:
         while True:
