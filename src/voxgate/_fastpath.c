@@ -50,6 +50,12 @@
 #define MAX_OUT 1024          /* UIO_MAXIOV: datagrams one sendmmsg takes */
 #define ARENA (1 << 20)       /* sealed datagrams waiting for the next sendmmsg */
 #define ROUNDS 8              /* recvmmsg batches per pump() before the loop gets a turn */
+/* Seconds between additions of the members' own counters (packets_in, packets_out,
+ * last_media_at) to their Python sessions. Per pump, it cost a tenth of the relay's CPU at
+ * saturation (a pump's packets reach nearly every member once); their readers (the
+ * console's rates, the silence check) look at them once a second. Relay.sync() adds them
+ * at once. */
+#define MEMBER_COUNTERS_S 0.25
 
 static PyObject *DecryptionError, *PacketError;
 static PyObject *s_cipher, *s_replay, *s_rate, *s_muted, *s_channel, *s_forward, *s_members,
@@ -787,6 +793,7 @@ typedef struct {
     PyObject *stats;    /* NodeStats */
     PyObject *forward;  /* the function Router.forward: a channel whose forward is it */
     long long generation; /* of the routes held; -1: none held */
+    double members_added_at; /* when the members' counters were last added */
     route_t **table;    /* open addressing by ssrc, `capacity` a power of two */
     Py_ssize_t capacity, used;
     route_t **touched;  /* routes that forwarded this pump, their counters to add */
@@ -1163,8 +1170,7 @@ static int relay_one(RelayObject *self, const unsigned char *p, Py_ssize_t len,
     return RELAYED;
 }
 
-/* The counters of the pump into the Python objects: the node's stats, each sender's
- * packets_in and last_media_at, each receiver's packets_out. */
+/* The pump's counters into the node's stats. */
 static int add_counters(RelayObject *self) {
     int status = 0;
     status |= bump(self->stats, s_packets_in, self->packets_in);
@@ -1174,12 +1180,26 @@ static int add_counters(RelayObject *self) {
     status |= bump(self->stats, s_send_errors, self->send_errors);
     self->packets_in = self->bytes_in = self->packets_out = self->bytes_out = 0;
     self->send_errors = 0;
+    return status ? -1 : 0;
+}
+
+/* The members' counters into their sessions: each sender's packets_in and last_media_at,
+ * each receiver's packets_out. Before the routes holding them are forgotten. */
+static int add_member_counters(RelayObject *self, double now) {
+    int status = 0;
+    self->members_added_at = now;
     for (Py_ssize_t i = 0; i < self->touched_count; i++) {
         route_t *route = self->touched[i];
-        PyObject *stamp = PyFloat_FromDouble(route->last_at);
-        if (stamp == NULL || PyObject_SetAttr(route->sender, s_last_media_at, stamp) < 0)
-            status = -1;
-        Py_XDECREF(stamp);
+        /* Python may have seen a later datagram of its own (a keep-alive) since. */
+        PyObject *seen = attr(route->sender, s_last_media_at);
+        double before = seen != NULL && PyFloat_Check(seen) ? PyFloat_AS_DOUBLE(seen) : 0.0;
+        Py_XDECREF(seen);
+        if (route->last_at > before) {
+            PyObject *stamp = PyFloat_FromDouble(route->last_at);
+            if (stamp == NULL || PyObject_SetAttr(route->sender, s_last_media_at, stamp) < 0)
+                status = -1;
+            Py_XDECREF(stamp);
+        }
         if (bump(route->sender, s_packets_in, route->pending_in) < 0) PyErr_Clear();
         route->pending_in = 0;
     }
@@ -1202,6 +1222,7 @@ static int check_generation(RelayObject *self) {
     Py_DECREF(value);
     if (generation == -1 && PyErr_Occurred()) return -1;
     if (generation != self->generation) {
+        if (add_member_counters(self, monotonic_now()) < 0) return -1;
         forget_routes(self);
         self->generation = generation;
     }
@@ -1257,7 +1278,11 @@ static PyObject *Relay_pump(RelayObject *self, PyObject *unused) {
         if (n < BATCH) break;
     }
     flush(self);
-    if (add_counters(self) < 0 || failed) {
+    int counted = add_counters(self);
+    double now = monotonic_now();
+    if (counted == 0 && now - self->members_added_at >= MEMBER_COUNTERS_S)
+        counted = add_member_counters(self, now);
+    if (counted < 0 || failed) {
         Py_XDECREF(handed);
         return NULL;
     }
@@ -1265,10 +1290,17 @@ static PyObject *Relay_pump(RelayObject *self, PyObject *unused) {
     return handed;
 }
 
+static PyObject *Relay_sync(RelayObject *self, PyObject *unused) {
+    if (add_counters(self) < 0 || add_member_counters(self, monotonic_now()) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Relay_methods[] = {
     {"pump", (PyCFunction)Relay_pump, METH_NOARGS,
      "Read what the socket holds; relay what can be relayed here, add the counters to the "
      "stats, and return the other datagrams as [(data, (host, port))] (None when none)."},
+    {"sync", (PyCFunction)Relay_sync, METH_NOARGS,
+     "Add every counter not yet added to the stats and the members' sessions now."},
     {NULL}};
 
 static PyTypeObject RelayType = {

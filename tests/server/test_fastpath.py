@@ -13,6 +13,7 @@ import itertools
 import os
 import select
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -211,6 +212,10 @@ def test_both_paths_emit_identical_datagrams(
             outputs[path] = ([node.received(1), node.received(2)], node.stats.counters())
             nonces_after = [s.cipher.nonce for s in node.sessions]  # type: ignore[union-attr]
             outputs[path + "-nonces"] = nonces_after  # type: ignore[assignment]
+            if node.relay is not None:
+                node.relay.sync()
+            counted = [(s.packets_in, s.packets_out) for s in node.sessions]
+            outputs[path + "-members"] = counted  # type: ignore[assignment]
             if path == "native" and {sender_mode, receiver_mode, third} <= fastpath.NATIVE_MODES:
                 assert node.handed_back == 0, "an rtpsize AEAD call is relayed in C"
         finally:
@@ -220,6 +225,7 @@ def test_both_paths_emit_identical_datagrams(
     assert native[0] == python[0]
     assert native[1] == python[1]
     assert outputs["native-nonces"] == outputs["python-nonces"]
+    assert outputs["native-members"] == outputs["python-members"]
     # And what came out is the packet, as each receiver opens it.
     for got, member in zip(native[0], members[1:], strict=True):
         _, opened = transport_cipher(member.mode, member.key).open(got[0])
@@ -312,6 +318,7 @@ def test_native_path_hands_back_what_it_does_not_relay(nodes: list[Node]) -> Non
     good = _packet(AES, key, 1, b"audio", 0, None, 1)
     node.deliver(good)
     assert node.handed_back == 0
+    node.relay.sync()  # type: ignore[attr-defined]
     assert node.stats.packets_out == 1 and node.sessions[1].packets_out == 1
     node.deliver(good)  # a replay: Python drops and counts it
     forged = bytearray(_packet(AES, key, 2, b"audio", 0, None, 2))
@@ -324,6 +331,30 @@ def test_native_path_hands_back_what_it_does_not_relay(nodes: list[Node]) -> Non
     assert node.stats.dropped["discovery_refused"] == 1
     assert node.stats.packets_in == 4
     assert len(node.received(1)) == 1
+
+
+def test_native_path_adds_the_members_counters_to_their_sessions(nodes: list[Node]) -> None:
+    """Each member's packets_in, packets_out and last_media_at reach its VoiceSession within
+    MEMBER_COUNTERS_S (0.25 s) of the packet, or at once with Relay.sync()."""
+    key = os.urandom(32)
+    node = Node("native", [Member(AES, key, 0), Member(AES, os.urandom(32), 0)])
+    nodes.append(node)
+    assert node.relay is not None
+    sender, receiver = node.sessions
+    before = sender.last_media_at
+    time.sleep(0.01)
+    for n in range(5):
+        node.deliver(_packet(AES, key, n, b"audio", 0, None, n))
+    node.relay.sync()
+    assert (sender.packets_in, receiver.packets_out) == (5, 5)
+    assert (sender.packets_out, receiver.packets_in) == (0, 0)
+    assert sender.last_media_at > before
+    for n in range(5, 8):
+        node.deliver(_packet(AES, key, n, b"audio", 0, None, n))
+    time.sleep(0.3)
+    assert node.relay.pump() is None  # nothing to read: the counters' time has come
+    assert (sender.packets_in, receiver.packets_out) == (8, 8)
+    assert node.stats.packets_in == 8 and node.handed_back == 0
 
 
 def test_downgraded_call_keeps_dave_frames_from_members_without_dave(nodes: list[Node]) -> None:

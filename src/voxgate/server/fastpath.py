@@ -199,7 +199,12 @@ class NativeTransport(asyncio.DatagramTransport):
             return
         self._closing = True
         self._loop.remove_reader(self._sock.fileno())
-        # The relay holds the router's dicts; dropped here, no cycle outlives the node.
+        # What the members' sessions have not been told yet (the C path adds their counters
+        # every quarter second), then the relay: it holds the router, no cycle outlives it.
+        try:
+            self.relay.sync()
+        except Exception:  # the counters are lost, the socket still closes
+            log.exception("the C path's last counters could not be added")
         self.relay = None
         self._sock.close()
         self._loop.call_soon(self._endpoint.connection_lost, None)
