@@ -6,10 +6,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
 import socket
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -32,9 +34,15 @@ EXPIRY_PERIOD_S = 1.0
 UDP_BUFFER_BYTES = 4 * 1024 * 1024
 
 
+#: How long the survivors of full collections stay frozen (see :func:`freeze_survivors`)
+#: before one full collection looks at everything again.
+THAW_EVERY_S = 300.0
+
+
 def freeze_startup_objects() -> None:
     """Take everything alive at start (modules, classes, functions: some 50,000 objects)
-    out of the cyclic collector's sight.
+    out of the cyclic collector's sight, and from then on the survivors of each full
+    collection too (:func:`freeze_survivors`).
 
     A full collection walks every tracked object while the event loop stands still, and on
     a node carrying a thousand members each such pause is a burst of late packets. Frozen,
@@ -43,6 +51,41 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()
     gc.freeze()
+    freeze_survivors(asyncio.get_running_loop())
+
+
+def freeze_survivors(
+    loop: asyncio.AbstractEventLoop, thaw_every_s: float = THAW_EVERY_S
+) -> Callable[[str, dict[str, int]], None]:
+    """After each full collection, freeze what survived it.
+
+    Measured on a node of 2,000 members (some 100 tracked objects each), a full collection
+    stopped the media plane for 0.13 s, and while members join, one comes every few seconds
+    (the heap grows by the quarter that triggers it). What survived one full collection
+    (the sessions, their connections) mostly lives on; frozen, the next full collection
+    walks only what came since, and its pause follows the joins, not the node's size. A
+    cycle that dies among frozen objects waits for the thaw: every ``thaw_every_s`` they
+    are unfrozen and the next full collection walks everything once. Returns the
+    callback installed in :data:`gc.callbacks`.
+    """
+    thawed_at = loop.time()
+
+    def freeze() -> None:
+        nonlocal thawed_at
+        if loop.time() - thawed_at >= thaw_every_s:
+            gc.unfreeze()
+            thawed_at = loop.time()
+        else:
+            gc.freeze()
+
+    def collected(phase: str, info: dict[str, int]) -> None:
+        # Not from inside the collection: the loop does it next, on its own thread.
+        if phase == "stop" and info["generation"] == 2:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(freeze)
+
+    gc.callbacks.append(collected)
+    return collected
 
 
 class VoiceNode:
