@@ -69,6 +69,20 @@ static PyObject *s_cipher, *s_replay, *s_rate, *s_muted, *s_channel, *s_forward,
     a += b; d ^= a; d = ROTL(d, 16); c += d; b ^= c; b = ROTL(b, 12);           \
     a += b; d ^= a; d = ROTL(d, 8); c += d; b ^= c; b = ROTL(b, 7)
 
+/* The 20 rounds (10 column and diagonal double rounds) over the 16-word state `x`: of
+ * uint32_t words for HChaCha20, of 4-lane vectors for chacha20_blocks. */
+#define CHACHA20_ROUNDS(x)                                                      \
+    for (int round_ = 0; round_ < 10; round_++) {                               \
+        QR(x[0], x[4], x[8], x[12]);                                            \
+        QR(x[1], x[5], x[9], x[13]);                                            \
+        QR(x[2], x[6], x[10], x[14]);                                           \
+        QR(x[3], x[7], x[11], x[15]);                                           \
+        QR(x[0], x[5], x[10], x[15]);                                           \
+        QR(x[1], x[6], x[11], x[12]);                                           \
+        QR(x[2], x[7], x[8], x[13]);                                            \
+        QR(x[3], x[4], x[9], x[14]);                                            \
+    }
+
 static uint32_t le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
@@ -78,16 +92,7 @@ static void hchacha20(const unsigned char key[32], const unsigned char nonce[16]
     uint32_t x[16] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
     for (int i = 0; i < 8; i++) x[4 + i] = le32(key + 4 * i);
     for (int i = 0; i < 4; i++) x[12 + i] = le32(nonce + 4 * i);
-    for (int i = 0; i < 10; i++) {
-        QR(x[0], x[4], x[8], x[12]);
-        QR(x[1], x[5], x[9], x[13]);
-        QR(x[2], x[6], x[10], x[14]);
-        QR(x[3], x[7], x[11], x[15]);
-        QR(x[0], x[5], x[10], x[15]);
-        QR(x[1], x[6], x[11], x[12]);
-        QR(x[2], x[7], x[8], x[13]);
-        QR(x[3], x[4], x[9], x[14]);
-    }
+    CHACHA20_ROUNDS(x);
     static const int words[8] = {0, 1, 2, 3, 12, 13, 14, 15};
     for (int i = 0; i < 8; i++) {
         uint32_t w = x[words[i]];
@@ -130,16 +135,7 @@ static void chacha20_blocks(const uint32_t key[8], uint32_t first, unsigned char
     in[12] = (u32x4){first, first + 1, first + 2, first + 3};
     in[13] = in[14] = in[15] = (u32x4){0, 0, 0, 0};
     memcpy(x, in, sizeof x);
-    for (int i = 0; i < 10; i++) {
-        QR(x[0], x[4], x[8], x[12]);
-        QR(x[1], x[5], x[9], x[13]);
-        QR(x[2], x[6], x[10], x[14]);
-        QR(x[3], x[7], x[11], x[15]);
-        QR(x[0], x[5], x[10], x[15]);
-        QR(x[1], x[6], x[11], x[12]);
-        QR(x[2], x[7], x[8], x[13]);
-        QR(x[3], x[4], x[9], x[14]);
-    }
+    CHACHA20_ROUNDS(x);
     for (int i = 0; i < 16; i++) {
         u32x4 word = x[i] + in[i];
         for (int lane = 0; lane < 4; lane++) store32(out + 64 * lane + 4 * i, word[lane]);

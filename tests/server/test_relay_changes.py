@@ -34,15 +34,25 @@ async def _rebind(peer: Peer) -> None:
     )
 
 
+async def _streaming(start_node, peers, authority: TokenAuthority, *modes: str) -> tuple:
+    """A node and a call of one member per mode (alice, bob, carol...), alice's first packet
+    heard by all the others: the native path holds its route."""
+    node = await start_node()
+    members = [peers(node) for _ in modes]
+    for name, member, mode in zip(("alice", "bob", "carol"), members, modes, strict=False):
+        await member.join(authority, "g", "c", name, mode)
+    alice = members[0]
+    alice.send_audio(b"one")
+    for other in members[1:]:
+        assert await other.receive_audio(1) == [(alice.ready.ssrc, b"one")]
+    return node, *members
+
+
 async def test_a_member_who_joins_mid_stream_gets_the_next_packet(
     start_node, peers, authority: TokenAuthority
 ) -> None:
-    node = await start_node()
-    alice, bob, carol = peers(node), peers(node), peers(node)
-    await alice.join(authority, "g", "c", "alice", AES)
-    await bob.join(authority, "g", "c", "bob", XCHACHA)
-    alice.send_audio(b"one")
-    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"one")]
+    node, alice, bob = await _streaming(start_node, peers, authority, AES, XCHACHA)
+    carol = peers(node)
     await carol.join(authority, "g", "c", "carol", AES)
     alice.send_audio(b"two")
     assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"two")]
@@ -52,14 +62,7 @@ async def test_a_member_who_joins_mid_stream_gets_the_next_packet(
 async def test_a_member_who_left_gets_nothing_more(
     start_node, peers, authority: TokenAuthority
 ) -> None:
-    node = await start_node()
-    alice, bob, carol = peers(node), peers(node), peers(node)
-    await alice.join(authority, "g", "c", "alice", AES)
-    await bob.join(authority, "g", "c", "bob", AES)
-    await carol.join(authority, "g", "c", "carol", XCHACHA)
-    alice.send_audio(b"one")
-    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"one")]
-    assert await carol.receive_audio(1) == [(alice.ready.ssrc, b"one")]
+    node, alice, bob, carol = await _streaming(start_node, peers, authority, AES, AES, XCHACHA)
     bob_ssrc = bob.ready.ssrc
     assert bob.ws is not None
     await bob.ws.close()  # its UDP socket stays open: anything still sent to it arrives
@@ -77,12 +80,7 @@ async def test_a_member_who_left_gets_nothing_more(
 async def test_a_server_muted_member_is_not_relayed_until_unmuted(
     start_node, peers, authority: TokenAuthority
 ) -> None:
-    node = await start_node()
-    alice, bob = peers(node), peers(node)
-    await alice.join(authority, "g", "c", "alice", AES)
-    await bob.join(authority, "g", "c", "bob", AES)
-    alice.send_audio(b"one")
-    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"one")]
+    node, alice, bob = await _streaming(start_node, peers, authority, AES, AES)
     session = node.router.by_ssrc[alice.ready.ssrc]
     node.router.mute(session, True)
     alice.send_audio(b"muted")
@@ -96,12 +94,7 @@ async def test_a_server_muted_member_is_not_relayed_until_unmuted(
 async def test_a_sender_and_a_receiver_at_new_addresses_are_followed(
     start_node, peers, authority: TokenAuthority
 ) -> None:
-    node = await start_node()
-    alice, bob = peers(node), peers(node)
-    await alice.join(authority, "g", "c", "alice", AES)
-    await bob.join(authority, "g", "c", "bob", XCHACHA)
-    alice.send_audio(b"one")
-    assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"one")]
+    _, alice, bob = await _streaming(start_node, peers, authority, AES, XCHACHA)
     # The sender moves: its first authentic packet from the new port is relayed.
     await _rebind(alice)
     alice.send_audio(b"two")
