@@ -43,6 +43,32 @@ AES = EncryptionMode.AEAD_AES256_GCM_RTPSIZE
 XCHACHA = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE
 
 
+def _aes_gcm_implementations() -> list[str]:
+    """The extension's AES-256-GCMs this machine runs: its own (AES-NI and PCLMULQDQ)
+    where the CPU has them, and OpenSSL's, the one everywhere else."""
+    if fastpath.native is None:
+        return ["openssl"]
+    chosen = fastpath.native._aes_gcm()
+    try:
+        fastpath.native._aes_gcm("x86")
+        return ["x86", "openssl"]
+    except ValueError:
+        return ["openssl"]
+    finally:
+        fastpath.native._aes_gcm(chosen)
+
+
+@pytest.fixture(params=_aes_gcm_implementations())
+def aes_gcm(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Ciphers set up during the test use this AES-256-GCM."""
+    chosen = fastpath.native._aes_gcm()
+    fastpath.native._aes_gcm(request.param)
+    try:
+        yield request.param
+    finally:
+        fastpath.native._aes_gcm(chosen)
+
+
 def _udp() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
@@ -188,6 +214,7 @@ PAIRS = list(itertools.product(MODES, MODES))
 )
 def test_both_paths_emit_identical_datagrams(
     monkeypatch: pytest.MonkeyPatch,
+    aes_gcm: str,
     sender_mode: EncryptionMode,
     receiver_mode: EncryptionMode,
     nonces: list[int],
@@ -233,7 +260,9 @@ def test_both_paths_emit_identical_datagrams(
 
 
 @pytest.mark.parametrize("mode", sorted(fastpath.NATIVE_MODES))
-def test_native_cipher_opens_and_seals_as_the_python_one(mode: EncryptionMode) -> None:
+def test_native_cipher_opens_and_seals_as_the_python_one(
+    mode: EncryptionMode, aes_gcm: str
+) -> None:
     key = os.urandom(32)
     python, native = (
         transport_cipher(mode, key, nonce=2**32 - 2),
@@ -262,18 +291,27 @@ def test_native_cipher_opens_and_seals_as_the_python_one(mode: EncryptionMode) -
 
 
 @pytest.mark.parametrize("mode", sorted(fastpath.NATIVE_MODES))
-@settings(max_examples=150, deadline=None)
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     key=st.binary(min_size=32, max_size=32),
     nonce=st.integers(0, 2**32 - 1),
     # Up to five ChaCha20 blocks and past: the C XChaCha20 makes its key stream four
-    # blocks at a time, and Poly1305 pads every part to 16 bytes.
+    # blocks at a time, and Poly1305 pads every part to 16 bytes; the C AES-GCM, eight
+    # AES blocks at a time, and GHASH takes four at a time.
     payload=st.binary(max_size=700),
     csrcs=st.integers(0, 15),
     extension=st.booleans(),
 )
 def test_native_cipher_seals_and_opens_every_length_as_the_python_one(
-    mode: EncryptionMode, key: bytes, nonce: int, payload: bytes, csrcs: int, extension: bool
+    mode: EncryptionMode,
+    aes_gcm: str,
+    key: bytes,
+    nonce: int,
+    payload: bytes,
+    csrcs: int,
+    extension: bool,
 ) -> None:
     python = transport_cipher(mode, key, nonce=nonce)
     native = fastpath._CIPHERS[mode](key, nonce=nonce)

@@ -16,6 +16,8 @@ Chosen at import, as websockets chooses ``speedups``: ``VOXGATE_NO_EXTENSIONS=1`
 Python; ``VOXGATE_REQUIRE_EXTENSIONS=1`` (CI) turns a missing or broken build into an
 ImportError instead of a quiet fallback. A node may still ask for Python
 (``ServerConfig.media_path``), which is how the tests run every relay test on both paths.
+The extension seals AES-256-GCM with AES-NI and PCLMULQDQ itself where the CPU has them;
+``VOXGATE_AES_GCM=openssl`` makes it use OpenSSL's, as it does on other CPUs.
 """
 
 from __future__ import annotations
@@ -57,8 +59,19 @@ def _load() -> tuple[ModuleType | None, str]:
     return _fastpath, ""
 
 
+def _choose_aes_gcm(module: ModuleType) -> None:
+    wanted = os.environ.get("VOXGATE_AES_GCM", "")
+    if wanted:
+        try:
+            module._aes_gcm(wanted)
+        except ValueError as exc:
+            raise ImportError(f"VOXGATE_AES_GCM={wanted}: {exc}") from exc
+
+
 #: The extension module, or None.
 native, why_python = _load()
+if native is not None:
+    _choose_aes_gcm(native)
 #: What a node runs by default: "native" or "python".
 IMPLEMENTATION = "native" if native is not None else "python"
 
@@ -103,7 +116,10 @@ def choose(requested: str) -> tuple[str, str]:
         if requested == "native":
             raise RuntimeError(f"the native media path was asked for: {why_python}")
         return "python", why_python
-    return "native", "voxgate._fastpath: recvmmsg, sendmmsg, AES-256-GCM and XChaCha20 in C"
+    aes_gcm = "AES-NI" if native._aes_gcm() == "x86" else "OpenSSL"
+    return "native", (
+        f"voxgate._fastpath: recvmmsg, sendmmsg, AES-256-GCM ({aes_gcm}) and XChaCha20 in C"
+    )
 
 
 def describe(session: VoiceSession) -> None:
