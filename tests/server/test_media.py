@@ -137,3 +137,26 @@ async def test_keepalive_and_rtcp_are_counted_and_not_forwarded(call) -> None:
     assert await bob.receive_audio(1) == [(alice.ready.ssrc, b"audio")]
     assert (node.stats.keepalives_in, node.stats.rtcp_in) == (1, 1)
     assert node.stats.packets_out == 1
+
+
+
+async def test_members_counters_are_exact_after_a_sync(call) -> None:
+    """On either path the members' packets_in and packets_out may trail the node's by up to
+    MEMBER_COUNTERS_S; Router.sync_counters() (what the console calls) makes them exact."""
+    node, alice, bob = call
+    for n in range(20):
+        alice.send_audio(b"audio %d" % n)
+    bob.send_audio(b"reply")
+    assert len(await bob.receive_audio(20)) == 20
+    assert len(await alice.receive_audio(1)) == 1
+    header = RtpHeader(sequence=99, timestamp=0, ssrc=alice.ready.ssrc).build()
+    forged = bytearray(alice.cipher.seal(header, b"forged"))
+    forged[-6] ^= 1
+    before = node.stats.packets_in
+    alice.udp.sendto(bytes(forged))
+    await _settle(node, before + 1)
+    node.router.sync_counters()
+    sessions = {s.user_id: s for s in node.router.sessions.values()}
+    assert (sessions["alice"].packets_in, sessions["alice"].packets_out) == (21, 1)
+    assert (sessions["bob"].packets_in, sessions["bob"].packets_out) == (1, 20)
+    assert sessions["alice"].dropped == {"decrypt_failed": 1}

@@ -188,6 +188,7 @@ class NativeTransport(asyncio.DatagramTransport):
         self.relay: Any = native.Relay(
             sock.fileno(), router, endpoint.stats, Router.forward
         )
+        router.sync_native = self.relay.sync
         endpoint.connection_made(self)
         loop.add_reader(sock.fileno(), self._readable)
 
@@ -222,6 +223,7 @@ class NativeTransport(asyncio.DatagramTransport):
         except Exception:  # the counters are lost, the socket still closes
             log.exception("the C path's last counters could not be added")
         self.relay = None
+        self._endpoint.router.sync_native = None
         self._sock.close()
         self._loop.call_soon(self._endpoint.connection_lost, None)
 

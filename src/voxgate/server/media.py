@@ -60,15 +60,17 @@ class MediaEndpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         stats = self.stats
-        stats.packets_in += 1
-        stats.bytes_in += len(data)
         size = len(data)
+        stats.packets_in += 1
+        stats.bytes_in += size
         if size >= 12 and data[0] >> 6 == 2 and not 200 <= data[1] <= 204:
-            session = self.router.by_ssrc.get(int.from_bytes(data[8:12], "big"))
+            router = self.router
+            session = router.by_ssrc.get(int.from_bytes(data[8:12], "big"))
             if session is None:
                 stats.dropped["unknown_ssrc"] += 1
                 return
-            session.packets_in += 1
+            # The session's packets_in is counted where the packet ends: by _drop, or by
+            # its route in Router.forward (added to the session every MEMBER_COUNTERS_S).
             cipher = session.cipher
             if cipher is None:
                 self._drop(session, "not_described")
@@ -92,12 +94,14 @@ class MediaEndpoint(asyncio.DatagramProtocol):
                 return
             session.last_media_at = now
             if session.address != addr:
-                self.router.move(session, addr)
+                router.move(session, addr)
             if session.muted:
                 self._drop(session, "server_muted")
                 return
             # Router.forward, or its DAVE-filtering variant in a call that needs one.
             session.channel.forward(session, clear, plaintext, cipher.rtpsize)
+            if now >= router.counters_due:
+                router.add_member_counters(now)
         elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
             self._discovery(data, addr)
         elif size == _KEEPALIVE_SIZE:
@@ -113,6 +117,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
     def _drop(self, session: VoiceSession, reason: str) -> None:
         """Count a dropped packet of ``session``: the node's total and the member's own."""
         self.stats.dropped[reason] += 1
+        session.packets_in += 1
         session.dropped[reason] = session.dropped.get(reason, 0) + 1
 
     def _discovery(self, data: bytes, addr: tuple[str, int]) -> None:

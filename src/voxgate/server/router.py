@@ -68,7 +68,13 @@ log = logging.getLogger(__name__)
 SendTo = Callable[[bytes, tuple[str, int]], None]
 #: How far a new member's Session Description trails the announcement of its ssrc.
 DESCRIPTION_LEAD_S = 0.05
+#: Seconds between additions of the members' own counters (``packets_in``, ``packets_out``)
+#: held by their routes to their sessions: the C path's MEMBER_COUNTERS_S. Written per
+#: packet and per receiver, they were the Python path's largest cost after the ciphers;
+#: their readers (the console's rates) call :meth:`Router.sync_counters` first.
+MEMBER_COUNTERS_S = 0.25
 ChannelKey = tuple[str, str]
+Seal = Callable[[bytes, bytes], bytes]
 
 
 Forward = Callable[[VoiceSession, bytes, bytes, bool], None]
@@ -89,6 +95,48 @@ class Channel:
         self.dave = dave
         #: The members a DAVE frame goes to while filtering (those described with DAVE).
         self.dave_receivers: list[VoiceSession] = []
+
+
+class Route:
+    """Where one sender's packets go, as :meth:`Router.forward` finds it: every other
+    member with a cipher and an address, split by framing, each as its cipher's
+    ``seal_split`` and its address. Made at the sender's first packet and kept until
+    :meth:`Router.routes_changed`, so the per-receiver loop is a seal and a ``sendto``.
+
+    It also holds the members' counters back: ``pending`` packets of the sender went to
+    every one of ``receivers``, not yet added to their sessions (:meth:`add_counters`).
+    """
+
+    __slots__ = ("legacy", "overhead", "pending", "receivers", "rtpsize", "sender")
+
+    def __init__(self, sender: VoiceSession, members: list[VoiceSession]) -> None:
+        self.sender = sender
+        self.receivers: list[VoiceSession] = []
+        #: (seal_split, address) of the receivers in an ``_rtpsize`` mode, and of the others.
+        self.rtpsize: list[tuple[Seal, tuple[str, int]]] = []
+        self.legacy: list[tuple[Seal, tuple[str, int]]] = []
+        #: What the receivers' modes add to a packet, summed: the bytes sent are
+        #: ``len(receivers) * (len(clear) + len(plaintext)) + overhead`` in either framing.
+        self.overhead = 0
+        self.pending = 0
+        for receiver in members:
+            cipher = receiver.cipher
+            address = receiver.address
+            if receiver is sender or cipher is None or address is None:
+                continue
+            self.receivers.append(receiver)
+            framing = self.rtpsize if cipher.rtpsize else self.legacy
+            framing.append((cipher.seal_split, address))
+            self.overhead += cipher.overhead
+
+    def add_counters(self) -> None:
+        """Add the ``pending`` packets to the sender's ``packets_in`` and every receiver's
+        ``packets_out``."""
+        pending, self.pending = self.pending, 0
+        if pending:
+            self.sender.packets_in += pending
+            for receiver in self.receivers:
+                receiver.packets_out += pending
 
 
 def _no_socket(packet: bytes, address: tuple[str, int]) -> None:
@@ -128,6 +176,12 @@ class Router:
         #: Bumped by :meth:`routes_changed` whenever what Router.forward reads could differ:
         #: the native path keeps each sender's receivers between packets until it changes.
         self.generation = 0
+        #: Every sender's :class:`Route` made since the last :meth:`routes_changed`.
+        self.routes: list[Route] = []
+        #: When the Python media path next adds the routes' counters to the sessions.
+        self.counters_due = 0.0
+        #: The native path's ``Relay.sync`` while it runs, which :meth:`sync_counters` calls.
+        self.sync_native: Callable[[], None] | None = None
         #: Asked before a channel opens on this node: None admits it, else the reason it
         #: is hosted elsewhere (a cluster node's placement sets it; closes with 4022).
         self.admit_channel: Callable[[ChannelKey], str | None] = _admit_any
@@ -227,6 +281,26 @@ class Router:
         channel's members or its forward, or ``by_ssrc`` changed. Whatever changes one of
         them, in this module or elsewhere, calls this."""
         self.generation += 1
+        # The senders' routes go (their counters added first): each is made again from
+        # the new state at its sender's next packet.
+        for route in self.routes:
+            route.add_counters()
+            route.sender.route = route.sender.dave_route = None
+        self.routes.clear()
+
+    def add_member_counters(self, now: float) -> None:
+        """Add what the routes counted to the members' sessions (the Python media path
+        calls this every MEMBER_COUNTERS_S, with the time of the packet it handles)."""
+        self.counters_due = now + MEMBER_COUNTERS_S
+        for route in self.routes:
+            route.add_counters()
+
+    def sync_counters(self) -> None:
+        """Make every member's ``packets_in`` and ``packets_out`` exact now, on either media
+        path: what a reader of them (the console's rates, a test) calls first."""
+        if self.sync_native is not None:
+            self.sync_native()
+        self.add_member_counters(monotonic())
 
     def resume(self, connection: GatewayConnection, message: Resume, now: float) -> None:
         # Checked before the session lookup: a client resuming at the wrong worker is told
@@ -503,7 +577,7 @@ class Router:
                 else:
                     member.send_in_order(output.message)
         group = channel.dave
-        forward = channel.forward
+        forward, dave_receivers = channel.forward, channel.dave_receivers
         if group is not None and group.filters_media:
             channel.dave_receivers = [
                 member for member in channel.members if member.dave_protocol_version > 0
@@ -512,7 +586,7 @@ class Router:
         else:
             channel.dave_receivers = []
             channel.forward = self.forward
-        if channel.forward != forward:
+        if channel.forward != forward or channel.dave_receivers != dave_receivers:
             self.routes_changed()
 
     def expire(self, now: float) -> None:
@@ -568,31 +642,40 @@ class Router:
 
         ``clear`` and ``plaintext`` are the packet as the sender's framing splits it
         (``rtpsize``), as :meth:`TransportCipher.open_split` returns it. The hot path: no
-        allocation beyond each sealed packet, no logging, no awaits.
+        allocation beyond each sealed packet, no logging, no awaits; who gets it is the
+        sender's :class:`Route`, and the members' counters wait there.
         """
-        sendto = self.sendto
-        sent = sent_bytes = 0
+        if receivers is None:
+            route = sender.route
+            if route is None:
+                route = sender.route = self._route(sender, sender.channel.members)
+        else:
+            route = sender.dave_route
+            if route is None:
+                route = sender.dave_route = self._route(sender, receivers)
+        route.pending += 1
         # A channel has at most two framings (rtpsize and legacy): the packet is split for
         # the sender's already, and reframed at most once for the other.
-        other: tuple[bytes, bytes] | None = None
-        for receiver in sender.channel.members if receivers is None else receivers:
-            cipher = receiver.cipher
-            address = receiver.address
-            if receiver is sender or cipher is None or address is None:
-                continue
-            if cipher.rtpsize == rtpsize:
-                packet = cipher.seal_split(clear, plaintext)
-            else:
-                if other is None:
-                    other = reframe(clear, plaintext, to_rtpsize=cipher.rtpsize)
-                packet = cipher.seal_split(*other)
-            sendto(packet, address)
-            receiver.packets_out += 1
-            sent += 1
-            sent_bytes += len(packet)
+        if rtpsize:
+            same, other = route.rtpsize, route.legacy
+        else:
+            same, other = route.legacy, route.rtpsize
+        sendto = self.sendto
+        for seal, address in same:
+            sendto(seal(clear, plaintext), address)
+        if other:
+            clear, plaintext = reframe(clear, plaintext, to_rtpsize=not rtpsize)
+            for seal, address in other:
+                sendto(seal(clear, plaintext), address)
         stats = self.stats
+        sent = len(route.receivers)
         stats.packets_out += sent
-        stats.bytes_out += sent_bytes
+        stats.bytes_out += sent * (len(clear) + len(plaintext)) + route.overhead
+
+    def _route(self, sender: VoiceSession, members: list[VoiceSession]) -> Route:
+        route = Route(sender, members)
+        self.routes.append(route)
+        return route
 
     def forward_filtered(
         self, sender: VoiceSession, clear: bytes, plaintext: bytes, rtpsize: bool

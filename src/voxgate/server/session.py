@@ -48,7 +48,7 @@ from voxgate.server.guard import RateLimit, ReplayWindow
 
 if TYPE_CHECKING:
     from voxgate.server.auth import VoiceGrant
-    from voxgate.server.router import Channel, Router
+    from voxgate.server.router import Channel, Route, Router
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,15 @@ class VoiceSession:
         self.last_media_at = monotonic()
         self.media_silent = False
         #: Plain counters the media plane bumps and the dashboard reads (admin.py, console).
+        #: Those of forwarded packets wait in the routes for up to a quarter second
+        #: (Router.MEMBER_COUNTERS_S); Router.sync_counters() makes them exact.
         self.packets_in = 0
         self.packets_out = 0
         self.dropped: dict[str, int] = {}
+        #: Where its packets go, made by Router.forward and dropped by Router.routes_changed;
+        #: the second while its call withholds DAVE frames (Router.forward_filtered).
+        self.route: Route | None = None
+        self.dave_route: Route | None = None
         #: Server-muted by an operator: its audio is dropped, not forwarded (Router.mute).
         self.muted = False
         # The media plane reads time.monotonic(), which the loop's clock need not be (uvloop).

@@ -148,6 +148,10 @@ class Sampler:
         cpu = time.process_time()
         cpu_percent = 0.0 if elapsed is None else 100 * (cpu - self._last_cpu) / elapsed
         self._last_at, self._last_cpu = now, cpu
+        if self.router is not None:
+            # Both media paths hold the members' counters back for up to a quarter second:
+            # rates over half a second would swing by half without this.
+            self.router.sync_counters()
         sessions = {} if self.router is None else self.router.sessions
         for session_id, session in sessions.items():
             rates = self.rates.get(session_id)
