@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,6 +39,21 @@ def test_counter_wraps_at_2_to_the_32() -> None:
     assert window.accept(0)
     assert window.accept(1)
     assert not window.accept(0xFFFF_FFFF)
+
+
+def test_a_jump_of_half_the_counter_space_keeps_the_window_its_size() -> None:
+    window = ReplayWindow()
+    assert window.accept(5)
+    tracemalloc.start()
+    try:
+        assert window.accept(5 + 2**31 - 1)  # an authenticated sender may jump this far
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, "the window made a 2**31-bit integer on the way"
+    assert not window.accept(5)
+    assert window.accept(5 + 2**31 - 2)
+    assert not window.accept(5 + 2**31 - 2)
 
 
 @given(st.lists(st.integers(0, 2000), max_size=300))

@@ -48,7 +48,12 @@ class ReplayWindow:
             return True
         ahead = (counter - highest) & self._mask
         if ahead and ahead < self._half:
-            self._bits = ((self._bits << ahead) | 1) & self._window
+            # A jump past the window leaves only the new counter in it; shifted, a jump of
+            # 2**31 made a 2**31-bit integer (half a second, 256 MB) for every such packet.
+            if ahead < self.size:
+                self._bits = ((self._bits << ahead) | 1) & self._window
+            else:
+                self._bits = 1
             self._highest = counter
             return True
         behind = (highest - counter) & self._mask
@@ -97,8 +102,12 @@ class RateLimit:
     def allow(self, now: float) -> bool:
         tokens = self._tokens + (now - self._last) * self.rate
         self._last = now
+        # min(tokens, burst), without a builtin call per packet.
+        burst = self.burst
+        if burst < tokens:
+            tokens = burst
         if tokens >= 1.0:
-            self._tokens = min(tokens, self.burst) - 1.0
+            self._tokens = tokens - 1.0
             return True
-        self._tokens = min(tokens, self.burst)
+        self._tokens = tokens
         return False
