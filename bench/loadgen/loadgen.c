@@ -31,7 +31,14 @@
  *
  * Runs WARMUP_S seconds, pauses 0.3 s, measures SECONDS (printing "measure" and "end" as
  * that window opens and closes), drains 0.3 s, then prints one JSON object: sent,
- * expected, received, bad, latency p50/p99/max in ms, seconds.
+ * expected, received, bad, latency p50/p99/max in ms, seconds, and busy: the share of the
+ * measured window and the drain that it was not waiting for packets, how near its own
+ * limit it was.
+ *
+ * It polls without sleeping, unless LOADGEN_WAIT=sleep: a generator that sleeps is woken
+ * by the relay for nearly every packet, and on loopback the relay pays for that wakeup
+ * (an inter-processor interrupt), which a relay's receivers across a network never cost
+ * it. On a core it shares with a relay (bench workers on two cores), it must sleep.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -372,10 +379,6 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    int timer = timerfd_create(CLOCK_MONOTONIC, 0);
-    struct epoll_event timer_event = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
-    epoll_ctl(epoll, EPOLL_CTL_ADD, timer, &timer_event);
-
     /* Phases: speaker k of S sends at start + k * 20 ms / S + n * 20 ms. */
     int64_t start = now_ns(CLOCK_MONOTONIC) + 10000000LL;
     int64_t warmup_end = start + (int64_t)(warmup_s * 1e9);
@@ -388,6 +391,15 @@ int main(int argc, char **argv) {
     unsigned char plain[MAX_PACKET], packet[MAX_PACKET];
     struct epoll_event events[256];
     int announced = 0;
+    const char *wait_mode = getenv("LOADGEN_WAIT");
+    int spin = !(wait_mode && strcmp(wait_mode, "sleep") == 0);
+    int timer = -1;
+    if (!spin) {
+        timer = timerfd_create(CLOCK_MONOTONIC, 0);
+        struct epoll_event timer_event = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+        epoll_ctl(epoll, EPOLL_CTL_ADD, timer, &timer_event);
+    }
+    int64_t idle_ns = 0; /* of the measured window and the drain, waiting for packets */
 
     for (;;) {
         int64_t now = now_ns(CLOCK_MONOTONIC);
@@ -405,7 +417,8 @@ int main(int argc, char **argv) {
         }
         measuring = now >= measure_start && now < drain_end;
         int sending = now < warmup_end || (now >= measure_start && now < measure_end);
-        /* Send everything due, then sleep until the next send or a packet. */
+        /* Send everything due, then poll for packets (or sleep until the next send or a
+         * packet). */
         while (speaker_count) {
             int64_t due = start + tick * step;
             if (due > now) break;
@@ -430,13 +443,17 @@ int main(int argc, char **argv) {
             }
             tick++;
         }
-        int64_t next = speaker_count ? start + tick * step : drain_end;
-        if (next > drain_end) next = drain_end;
-        struct itimerspec when = {.it_value = {.tv_sec = next / 1000000000LL,
-                                               .tv_nsec = next % 1000000000LL}};
-        timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
-        int ready = epoll_wait(epoll, events, 256, -1);
+        if (!spin) {
+            int64_t next = speaker_count ? start + tick * step : drain_end;
+            if (next > drain_end) next = drain_end;
+            struct itimerspec when = {.it_value = {.tv_sec = next / 1000000000LL,
+                                                   .tv_nsec = next % 1000000000LL}};
+            timerfd_settime(timer, TFD_TIMER_ABSTIME, &when, NULL);
+        }
+        int64_t waited = now_ns(CLOCK_MONOTONIC);
+        int ready = epoll_wait(epoll, events, 256, spin ? 0 : -1);
         if (ready < 0 && errno != EINTR) { perror("epoll_wait"); return 1; }
+        if (measuring && (!spin || ready <= 0)) idle_ns += now_ns(CLOCK_MONOTONIC) - waited;
         for (int i = 0; i < ready; i++) {
             uint32_t index = events[i].data.u32;
             if (index == UINT32_MAX) {
@@ -451,8 +468,9 @@ int main(int argc, char **argv) {
     printf("{\"sent\": %llu, \"expected\": %llu, \"received\": %llu, \"bad\": %llu, "
            "\"latency_samples\": %zu, \"latency_p50_ms\": %.3f, \"latency_p99_ms\": %.3f, "
            "\"latency_max_ms\": %.3f, \"seconds\": %.3f, \"payload_template\": %d, "
-           "\"template_mismatch\": %llu, \"dave_trailer\": %llu}\n",
+           "\"template_mismatch\": %llu, \"dave_trailer\": %llu, \"busy\": %.3f}\n",
            sent, expected, received, bad, latency_count, percentile_ms(0.5), percentile_ms(0.99),
-           percentile_ms(1.0), seconds, template_len, template_mismatch, dave_trailer);
+           percentile_ms(1.0), seconds, template_len, template_mismatch, dave_trailer,
+           1.0 - (double)idle_ns / ((double)(drain_end - measure_start)));
     return 0;
 }

@@ -8,7 +8,9 @@ from voxgate.bench.relay import (
     DAVE_PAYLOAD_SIZE,
     NOISE_LIMIT,
     Step,
+    _Search,
     build_loadgen,
+    cpu_ratio,
     holds,
     ratio,
     run,
@@ -18,6 +20,7 @@ from voxgate.bench.relay import (
 from voxgate.server import fastpath
 
 
+@pytest.mark.timeout(300)  # five relays, two rounds of searches and of costs
 @pytest.mark.parametrize("generator", ["c", "python"])
 async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
     generator: str,
@@ -27,16 +30,26 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
         loadgen, why = build_loadgen()
         if loadgen is None:
             pytest.skip(why)
-    result = await run(seconds=0.5, quick=True, ceiling=True, loadgen=loadgen, bare=True)
+    result = await run(seconds=0.5, quick=True, ceiling=True, loadgen=loadgen, bare=True, rounds=2)
     for key in ("forwarded_pps", "ceiling_pps", "ratio", "latency_p99_ms", "loss"):
         assert key in result
     assert result["fast_path"] == fastpath.IMPLEMENTATION
     # Interleaved: every relay measured in each round, and each ratio has one per round
-    # (or none at all, with a note, when the rounds disagree).
+    # (or none at all, with a note, when the rounds disagree or one gave none).
     for key in ("fanout10", "ceiling", "xchacha", "bare_python"):
-        assert {step["round"] for step in result[key]["steps"]} == {1, 2, 3}
-    for key in ("ratio", "xchacha_to_aes", "ratio_to_bare_python"):
-        assert len(result[f"{key}_rounds"]) == 3
+        assert {step["round"] for step in result[key]["steps"]} == {1, 2}
+    # And each pair by CPU per packet, measured in turn at one load, once a round.
+    assert set(result["costs"]) >= {"cpu_ratio", "cpu_xchacha_to_aes", "cpu_ratio_to_bare_python"}
+    for costs in result["costs"].values():
+        pair = [name for name in costs if name != "channels"]
+        assert len(pair) == 2
+        for name in pair:
+            assert [step["channels"] for step in costs[name]] == [costs["channels"]] * 2
+            assert [step["loss"] for step in costs[name]] == [0.0] * 2
+    for key in ("ratio", "xchacha_to_aes", "ratio_to_bare_python", *result["costs"]):
+        if len(result[f"{key}_rounds"]) < 2:
+            assert result[key] is None and "too noisy" in result[f"{key}_note"]
+            continue
         spread = max(result[f"{key}_rounds"]) - min(result[f"{key}_rounds"])
         assert result[f"{key}_spread"] == pytest.approx(spread, abs=0.002)
         assert (result[key] is None) == (result[f"{key}_spread"] > NOISE_LIMIT)
@@ -95,6 +108,37 @@ def test_a_ratio_is_the_median_of_its_rounds_or_no_figure_when_they_spread() -> 
     assert noisy["median"] is None and noisy["spread"] == 0.32 and "too noisy" in noisy["note"]
     lost = ratio([*saturations(100, 100), None], saturations(100, 100, 100))
     assert lost["median"] is None and "no level" in lost["note"]
+
+
+def test_a_cpu_ratio_is_how_many_packets_a_core_forwards_for_each_of_the_others() -> None:
+    def costs(*cpu_ms: float, loss: float = 0.0) -> list[Step]:
+        return [Step(**{**_step(loss, 0.1).__dict__, "cpu_ms_per_1000": v}) for v in cpu_ms]
+
+    # The numerator spends 4 ms per 1000 packets, the denominator 4.2-4.6: one core of the
+    # numerator forwards 1.05-1.15 packets for each of the denominator's.
+    steady = cpu_ratio(costs(4.0, 4.0, 4.0), costs(4.4, 4.2, 4.6))
+    assert (steady["median"], steady["ratios"], steady["spread"]) == (1.1, [1.1, 1.05, 1.15], 0.1)
+    assert "note" not in steady
+    noisy = cpu_ratio(costs(4.0, 4.0, 5.0), costs(5.0, 4.6, 5.5))
+    assert noisy["median"] is None and noisy["spread"] == 0.15 and "too noisy" in noisy["note"]
+    dropped = cpu_ratio(costs(4.0, 4.0, 4.0), [*costs(4.4, 4.2), *costs(4.6, loss=0.2)])
+    assert dropped["median"] is None and "did not hold" in dropped["note"]
+
+
+def test_the_search_tries_a_failing_level_again_before_going_below_it() -> None:
+    def at(channels: int, holding: bool) -> Step:
+        return Step(**{**_step(0.0 if holding else 0.5, 0.1).__dict__, "channels": channels})
+
+    search = _Search(8, 64, 0.05)
+    search.record(at(8, True))
+    assert search.level == 16
+    search.record(at(16, False))  # a disturbance
+    assert search.level == 16
+    search.record(at(16, True))
+    assert search.level == 32 and search.best is not None and search.best.channels == 16
+    search.record(at(32, False))
+    search.record(at(32, False))  # twice: the relay's limit
+    assert search.failed_at == 32 and search.level == 24
 
 
 async def test_dave_relay_bench_forwards_the_members_dave_frames_byte_identical() -> None:

@@ -214,6 +214,9 @@ class Step:
     payloads_checked: int | None = None
     template_mismatch: int | None = None
     dave_trailer: int | None = None
+    #: The C generator's share of the step that it was sending or receiving rather than
+    #: polling idle; near 1 it, not the relay, may be what held the level back.
+    generator_busy: float | None = None
 
 
 class Relay(abc.ABC):
@@ -221,6 +224,9 @@ class Relay(abc.ABC):
 
     name = "relay"
     pid = 0
+    #: Whether a process of this relay runs on the generator's core: the C generator then
+    #: sleeps while it waits for packets instead of polling (which would take the core).
+    generator_shares_core = False
 
     @abc.abstractmethod
     async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member: ...
@@ -471,6 +477,8 @@ class WorkersRelay(VoxgateRelay):
         listed = self.node.health().get("workers", [])
         self.worker_pids = [int(worker["pid"]) for worker in listed]
         cores = os.cpu_count() or 1
+        # The generator is on core 1: worker 1 is there too.
+        self.generator_shares_core = len(self.worker_pids) > 1
         if hasattr(os, "sched_setaffinity"):
             for index, pid in enumerate(self.worker_pids or [self.pid]):
                 with contextlib.suppress(OSError):
@@ -702,6 +710,7 @@ async def _drive_with_loadgen(
             lines.append(
                 f"{fd} {channel} {ssrc} {speaker} {LOADGEN_MODES[mode]} {key.hex()}{counter}"
             )
+    shares_core = relay.generator_shares_core or (os.cpu_count() or 1) < 2
     members_file = Path(tempfile.mkdtemp(prefix="voxgate-loadgen-")) / "members"
     members_file.write_text("\n".join(lines) + "\n")
     process = await asyncio.create_subprocess_exec(
@@ -712,6 +721,7 @@ async def _drive_with_loadgen(
         *([template.hex()] if template is not None else []),
         pass_fds=fds,
         stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "LOADGEN_WAIT": "sleep"} if shares_core else None,
     )
     assert process.stdout is not None
     cpu_before = cpu_after = 0.0
@@ -745,6 +755,7 @@ async def _drive_with_loadgen(
         payloads_checked=received if template is not None else None,
         template_mismatch=figures["template_mismatch"] if template is not None else None,
         dave_trailer=figures["dave_trailer"] if template is not None else None,
+        generator_busy=figures["busy"],
     )
 
 
@@ -794,10 +805,19 @@ class _Search:
     resolution: float
     best: Step | None = None
     failed_at: int | None = None
+    #: The level that failed once and is being measured again.
+    retried: int | None = None
 
     def record(self, step: Step) -> None:
         if holds(step):
             self.best = step
+        elif self.retried != step.channels:
+            # A level that fails gets a second try before the search goes below it: a
+            # second's disturbance (another process, the hypervisor) fails a level that a
+            # relay holds far more often than luck holds one it cannot, where the queue
+            # grows for the whole step.
+            self.retried = step.channels
+            return
         else:
             self.failed_at = step.channels
         self.level = self._next()
@@ -880,18 +900,40 @@ def ratio(numerator: Sequence[Step | None], denominator: Sequence[Step | None]) 
     ``median`` is None (and ``note`` says why) when a round gave no figure or the ratios
     spread wider than :data:`NOISE_LIMIT`: a figure from such a run would not be one.
     """
-    ratios = [
-        a.forwarded_pps / b.forwarded_pps
-        for a, b in zip(numerator, denominator, strict=True)
-        if a is not None and b is not None and b.forwarded_pps
-    ]
+    return _summary(
+        [
+            a.forwarded_pps / b.forwarded_pps
+            for a, b in zip(numerator, denominator, strict=True)
+            if a is not None and b is not None and b.forwarded_pps
+        ],
+        len(numerator),
+        "a round had no level that held",
+    )
+
+
+def cpu_ratio(numerator: Sequence[Step], denominator: Sequence[Step]) -> dict[str, Any]:
+    """The denominator's CPU per forwarded packet over the numerator's, round by round (the
+    steps of :func:`compare_costs`), as :func:`ratio` summarizes them: how many packets one
+    core of the numerator forwards for each the denominator's does."""
+    return _summary(
+        [
+            b.cpu_ms_per_1000 / a.cpu_ms_per_1000
+            for a, b in zip(numerator, denominator, strict=True)
+            if holds(a) and holds(b) and a.cpu_ms_per_1000
+        ],
+        len(numerator),
+        "a round's level did not hold for both",
+    )
+
+
+def _summary(ratios: list[float], rounds: int, missing: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "ratios": [round(value, 3) for value in ratios],
         "median": round(statistics.median(ratios), 3) if ratios else None,
         "spread": round(max(ratios) - min(ratios), 3) if ratios else None,
     }
-    if len(ratios) < max(len(numerator), 1):
-        summary["note"] = "too noisy to give a figure: a round had no level that held"
+    if len(ratios) < max(rounds, 1):
+        summary["note"] = f"too noisy to give a figure: {missing}"
         summary["median"] = None
     elif summary["spread"] > NOISE_LIMIT:
         summary["note"] = (
@@ -900,6 +942,55 @@ def ratio(numerator: Sequence[Step | None], denominator: Sequence[Step | None]) 
         )
         summary["median"] = None
     return summary
+
+
+#: The share of the lower saturation at which :func:`compare_costs` measures a pair.
+COST_LOAD = 0.8
+
+
+async def compare_costs(
+    contenders: dict[str, Contender],
+    level: int,
+    seconds: float,
+    loadgen: Path | None,
+    rounds: int = ROUNDS,
+) -> dict[str, list[Step]]:
+    """Every contender at one load, ``level`` channels, in turn (A B A B ...), ``rounds``
+    times: the steps whose CPU per forwarded packet :func:`cpu_ratio` compares.
+
+    A saturation is the largest load that held: it moves with whatever else took the
+    relay's core during a step. The CPU a relay spends per packet at a load both hold is
+    counted in its own process's time, which another process or the hypervisor taking the
+    core does not add to, so it moves much less from step to step and from run to run.
+    """
+    steps: dict[str, list[Step]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, contender in contenders.items():
+            relay = contender.make(level)
+            try:
+                steps[name].append(
+                    await measure(
+                        relay,
+                        level,
+                        contender.per_channel,
+                        contender.speakers,
+                        contender.modes,
+                        seconds,
+                        loadgen=loadgen,
+                    )
+                )
+            finally:
+                relay.stop()
+    return steps
+
+
+def cost_level(*saturations: Sequence[Step | None]) -> int:
+    """:data:`COST_LOAD` of the lowest median saturation, in channels (at least 1)."""
+    lowest = min(
+        (middle.channels for rounds in saturations if (middle := _median_step(rounds))),
+        default=1,
+    )
+    return max(1, int(lowest * COST_LOAD))
 
 
 def pin_generator(cpu: int | None) -> None:
@@ -962,7 +1053,10 @@ async def run(
     voxgate with XChaCha20 members, and with ``bare`` voxgate's pure-Python path and
     ``bare_relay.py``) are searched together, level by level in turn, ``rounds`` times
     (:func:`interleave`); each ratio is the median of its rounds, with their spread, or
-    None with a note when the spread says the machine was too noisy.
+    None with a note when the spread says the machine was too noisy. Then each pair (voxgate
+    and the C relay, XChaCha20 and AES-GCM, the Python path and ``bare_relay.py``) is
+    measured in turn at :data:`COST_LOAD` of the lower saturation, ``rounds`` times, and
+    ``cpu_…`` compares their CPU per forwarded packet the same way (:func:`compare_costs`).
 
     ``loadgen`` is the built C generator (:func:`build_loadgen`); without it this process
     generates the load, and its own queueing then shows in the latencies.
@@ -1055,16 +1149,6 @@ async def run(
         result["ceiling_pps"] = result["ceiling"]["forwarded_pps"]
         result["ceiling_saturation_channels"] = result["ceiling"]["saturation_channels"]
         _put_ratio(result, "ratio", ratio(best["voxgate"], best["ceiling"]))
-        # Generator-independent: CPU per forwarded packet at the largest load both relays
-        # held, the median over the rounds that measured that level.
-        ours = _cpu_by_level(steps["voxgate"])
-        theirs = _cpu_by_level(steps["ceiling"])
-        common = sorted(set(ours) & set(theirs))
-        if common:
-            top = common[-1]
-            result["cpu_ratio"] = round(
-                statistics.median(theirs[top]) / statistics.median(ours[top]), 3
-            )
         if all(holds(Step(**_fields(step))) for step in steps["ceiling"]):
             result["ceiling_note"] = "the C relay held every level tried: its ceiling is higher"
     if bare:
@@ -1076,6 +1160,23 @@ async def run(
         _put_ratio(result, "ratio_to_bare_python", ratio(best[python_key], best["bare_python"]))
         if python_key != "voxgate":
             _put_ratio(result, "native_to_python", ratio(best["voxgate"], best[python_key]))
+
+    # The same comparisons by CPU per forwarded packet, each pair at one load both hold.
+    pairs = [("cpu_ratio", "voxgate", "ceiling"), ("cpu_xchacha_to_aes", "xchacha", "voxgate")]
+    if bare:
+        pairs.append(("cpu_ratio_to_bare_python", python_key, "bare_python"))
+    result["costs"] = {}
+    for key, ours, theirs in pairs:
+        if ours not in contenders or theirs not in contenders:
+            continue
+        level = cost_level(best[ours], best[theirs])
+        pair = {ours: contenders[ours], theirs: contenders[theirs]}
+        costs = await compare_costs(pair, level, seconds, loadgen, rounds)
+        result["costs"][key] = {
+            "channels": level,
+            **{name: [asdict(step) for step in costs[name]] for name in pair},
+        }
+        _put_ratio(result, key, cpu_ratio(costs[ours], costs[theirs]))
     return result
 
 

@@ -128,6 +128,9 @@ def relay(
         ("XChaCha20 / AES-GCM", "xchacha_to_aes"),
         ("voxgate (python) / bare Python relay", "ratio_to_bare_python"),
         ("native / python path", "native_to_python"),
+        ("packets per CPU-second, voxgate / C relay", "cpu_ratio"),
+        ("packets per CPU-second, XChaCha20 / AES-GCM", "cpu_xchacha_to_aes"),
+        ("packets per CPU-second, python path / bare Python relay", "cpu_ratio_to_bare_python"),
     ):
         if f"{key}_rounds" in result:
             figure = result[key] if result[key] is not None else "no figure"
