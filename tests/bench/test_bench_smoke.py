@@ -39,9 +39,16 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
     for key in ("fanout10", "ceiling", "xchacha", "bare_python"):
         assert {step["round"] for step in result[key]["steps"]} == {1, 2}
     # And each pair by CPU per packet, measured in turn at one load, once a round.
-    assert set(result["costs"]) >= {"cpu_ratio", "cpu_xchacha_to_aes", "cpu_ratio_to_bare_python"}
+    assert set(result["costs"]) == {
+        "cpu_ratio",
+        "cpu_xchacha_to_aes",
+        "cpu_ratio_to_bare_python",
+        "cpu_mixed_to_aes",
+        "cpu_ratio_fanout100",
+    }
+    assert result["costs"]["cpu_ratio_fanout100"]["per_channel"] == 20
     for costs in result["costs"].values():
-        pair = [name for name in costs if name != "channels"]
+        pair = [name for name in costs if name not in ("channels", "per_channel")]
         assert len(pair) == 2
         for name in pair:
             assert [step["channels"] for step in costs[name]] == [costs["channels"]] * 2

@@ -1161,19 +1161,47 @@ async def run(
         if python_key != "voxgate":
             _put_ratio(result, "native_to_python", ratio(best["voxgate"], best[python_key]))
 
-    # The same comparisons by CPU per forwarded packet, each pair at one load both hold.
+    # The same comparisons by CPU per forwarded packet, each pair at one load both hold;
+    # and so fan-out 100 (one speaker) against the C relay, and channels of both modes
+    # against AES-GCM ones, at the packet rate of the fan-out 10 pair's load.
     pairs = [("cpu_ratio", "voxgate", "ceiling"), ("cpu_xchacha_to_aes", "xchacha", "voxgate")]
     if bare:
         pairs.append(("cpu_ratio_to_bare_python", python_key, "bare_python"))
+    levels = {
+        key: cost_level(best[ours], best[theirs])
+        for key, ours, theirs in pairs
+        if ours in best and theirs in best
+    }
+    fanout10 = levels.get("cpu_ratio", levels["cpu_xchacha_to_aes"])
+    wide = 20 if quick else 100
+    per_wide_channel = (wide - 1) / FRAME_S  # packets/s forwarded with one speaker
+    per_channel = 2 * 9 / FRAME_S
+    contenders["mixed_modes"] = Contender(
+        lambda channels: VoxgateRelay.pinned(server_cpu), modes=(AES, XCHACHA)
+    )
+    pairs.append(("cpu_mixed_to_aes", "mixed_modes", "voxgate"))
+    levels["cpu_mixed_to_aes"] = fanout10
+    if "ceiling" in contenders:
+        contenders["fanout100"] = Contender(
+            lambda channels: VoxgateRelay.pinned(server_cpu), per_channel=wide, speakers=1
+        )
+        contenders["ceiling_fanout100"] = Contender(
+            lambda channels: CeilingRelay(command, channels, wide, server_cpu),
+            per_channel=wide,
+            speakers=1,
+        )
+        pairs.append(("cpu_ratio_fanout100", "fanout100", "ceiling_fanout100"))
+        levels["cpu_ratio_fanout100"] = max(1, round(fanout10 * per_channel / per_wide_channel))
     result["costs"] = {}
     for key, ours, theirs in pairs:
-        if ours not in contenders or theirs not in contenders:
+        if key not in levels:
             continue
-        level = cost_level(best[ours], best[theirs])
+        level = levels[key]
         pair = {ours: contenders[ours], theirs: contenders[theirs]}
         costs = await compare_costs(pair, level, seconds, loadgen, rounds)
         result["costs"][key] = {
             "channels": level,
+            "per_channel": contenders[ours].per_channel,
             **{name: [asdict(step) for step in costs[name]] for name in pair},
         }
         _put_ratio(result, key, cpu_ratio(costs[ours], costs[theirs]))

@@ -131,6 +131,8 @@ def relay(
         ("packets per CPU-second, voxgate / C relay", "cpu_ratio"),
         ("packets per CPU-second, XChaCha20 / AES-GCM", "cpu_xchacha_to_aes"),
         ("packets per CPU-second, python path / bare Python relay", "cpu_ratio_to_bare_python"),
+        ("packets per CPU-second, both modes / AES-GCM channels", "cpu_mixed_to_aes"),
+        ("packets per CPU-second, fan-out 100, voxgate / C relay", "cpu_ratio_fanout100"),
     ):
         if f"{key}_rounds" in result:
             figure = result[key] if result[key] is not None else "no figure"
