@@ -107,10 +107,12 @@ class Route:
     every one of ``receivers``, not yet added to their sessions (:meth:`add_counters`).
     """
 
-    __slots__ = ("legacy", "overhead", "pending", "receivers", "rtpsize", "sender")
+    __slots__ = ("legacy", "members", "overhead", "pending", "receivers", "rtpsize", "sender")
 
     def __init__(self, sender: VoiceSession, members: list[VoiceSession]) -> None:
         self.sender = sender
+        #: The list it was made from: the channel's members, or its ``dave_receivers``.
+        self.members = members
         self.receivers: list[VoiceSession] = []
         #: (seal_split, address) of the receivers in an ``_rtpsize`` mode, and of the others.
         self.rtpsize: list[tuple[Seal, tuple[str, int]]] = []
@@ -577,16 +579,18 @@ class Router:
                 else:
                     member.send_in_order(output.message)
         group = channel.dave
-        forward, dave_receivers = channel.forward, channel.dave_receivers
+        forward = channel.forward
         if group is not None and group.filters_media:
-            channel.dave_receivers = [
+            dave_receivers = [
                 member for member in channel.members if member.dave_protocol_version > 0
             ]
             channel.forward = self.forward_filtered
         else:
-            channel.dave_receivers = []
+            dave_receivers = []
             channel.forward = self.forward
-        if channel.forward != forward or channel.dave_receivers != dave_receivers:
+        # The same list while its members stay: the senders' DAVE routes are made from it.
+        if channel.forward != forward or dave_receivers != channel.dave_receivers:
+            channel.dave_receivers = dave_receivers
             self.routes_changed()
 
     def expire(self, now: float) -> None:
@@ -651,7 +655,7 @@ class Router:
                 route = sender.route = self._route(sender, sender.channel.members)
         else:
             route = sender.dave_route
-            if route is None:
+            if route is None or route.members is not receivers:
                 route = sender.dave_route = self._route(sender, receivers)
         route.pending += 1
         # A channel has at most two framings (rtpsize and legacy): the packet is split for
