@@ -11,6 +11,7 @@ import asyncio
 import json
 import ssl
 import urllib.error
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,6 +41,17 @@ async def _join(node: Any, guild: str, channel: str, user: str) -> dict[str, Any
             await asyncio.sleep(0.2)
 
 
+def _two_nodes(redis: str, folder: Path, secrets: ClusterSecrets) -> list[Any]:
+    """Nodes n0 and n1 of one cluster, sharing a certificate authority, with their data
+    in ``folder``/n0 and n1."""
+    dirs = [folder / "n0", folder / "n1"]
+    share_tls(folder / "shared", dirs)
+    return [
+        start_cluster_node(redis, f"n{i}", node, secrets, log_path=node / "serve.log")
+        for i, node in enumerate(dirs)
+    ]
+
+
 async def _snapshot(http: aiohttp.ClientSession, admin_url: str, key: str, want: Any) -> Any:
     """The first event of ``admin_url``'s stream for which ``want(snapshot)`` holds."""
     headers = {"Authorization": f"Bearer {key}"}
@@ -57,12 +69,7 @@ async def test_a_cluster_node_dashboard_lists_every_node_and_where_each_call_is(
     redis_url: str, tmp_path, ids  # noqa: F811 - the fixture
 ) -> None:
     secrets = ClusterSecrets.make()
-    dirs = [tmp_path / "n0", tmp_path / "n1"]
-    share_tls(tmp_path / "shared", dirs)
-    nodes = [
-        start_cluster_node(redis_url, f"n{i}", folder, secrets, log_path=folder / "serve.log")
-        for i, folder in enumerate(dirs)
-    ]
+    nodes = _two_nodes(redis_url, tmp_path, secrets)
     clients: list[VoiceConnection] = []
     try:
         trust = ssl.create_default_context(cafile=str(nodes[0].ca_path))
@@ -104,12 +111,7 @@ async def test_a_member_on_another_node_is_shown_and_disconnected_from_this_node
     from selenium.webdriver.common.by import By
 
     secrets = ClusterSecrets.make()
-    dirs = [tmp_path / "n0", tmp_path / "n1"]
-    share_tls(tmp_path / "shared", dirs)
-    nodes = [
-        start_cluster_node(redis_url, f"n{i}", folder, secrets, log_path=folder / "serve.log")
-        for i, folder in enumerate(dirs)
-    ]
+    nodes = _two_nodes(redis_url, tmp_path, secrets)
     clients: dict[str, VoiceConnection] = {}
     try:
         trust = ssl.create_default_context(cafile=str(nodes[0].ca_path))
@@ -172,7 +174,7 @@ async def test_a_member_on_another_node_is_shown_and_disconnected_from_this_node
         clients[clicked] = await VoiceConnection.connect(
             events["voice_state"], events["voice_server"], ssl=trust
         )
-        login = json.loads((dirs[0] / "node.json").read_text())["dashboard_url"]
+        login = json.loads((tmp_path / "n0" / "node.json").read_text())["dashboard_url"]
         await asyncio.to_thread(browser.get, login)
         row = f'section.node.remote[data-node^="n1 ("] tr.member[data-user="{clicked}"]'
         async with asyncio.timeout(30):
