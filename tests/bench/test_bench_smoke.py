@@ -62,6 +62,10 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
         assert (result[key] is None) == (result[f"{key}_spread"] > NOISE_LIMIT)
         assert (result[key] is None) == (f"{key}_note" in result)
     assert result["generator"] == generator
+    if generator == "c":  # how near its own limit the generator ran, 0..1
+        assert 0 < result["fanout10"]["generator_busy_max"] <= 1
+    else:
+        assert result["fanout10"]["generator_busy_max"] is None
     # Every packet the generator counts was opened with the receiver's own key, so a
     # generator or relay that got a mode's layout wrong shows here as loss.
     assert result["loss"] == 0.0
