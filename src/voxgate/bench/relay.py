@@ -975,7 +975,8 @@ async def compare_costs(
     A saturation is the largest load that held: it moves with whatever else took the
     relay's core during a step. The CPU a relay spends per packet at a load both hold is
     counted in its own process's time, which another process or the hypervisor taking the
-    core does not add to, so it moves much less from step to step and from run to run.
+    core does not add to: in the run of 2026-12-01 the C path's and the C relay's
+    saturations spread 0.354 as a ratio over three rounds, their CPU per packet 0.078.
     """
     steps: dict[str, list[Step]] = {name: [] for name in contenders}
     for _ in range(rounds):
