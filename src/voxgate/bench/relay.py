@@ -808,6 +808,22 @@ class Contender:
     per_channel: int = 10
     speakers: int = 2
 
+    async def step(self, level: int, seconds: float, loadgen: Path | None) -> Step:
+        """One :func:`measure` of a relay made for ``level`` channels, stopped after."""
+        relay = self.make(level)
+        try:
+            return await measure(
+                relay,
+                level,
+                self.per_channel,
+                self.speakers,
+                self.modes,
+                seconds,
+                loadgen=loadgen,
+            )
+        finally:
+            relay.stop()
+
 
 @dataclass
 class _Search:
@@ -883,19 +899,7 @@ async def interleave(
                 search = searches[name]
                 if search.level is None:
                     continue
-                relay = contender.make(search.level)
-                try:
-                    step = await measure(
-                        relay,
-                        search.level,
-                        contender.per_channel,
-                        contender.speakers,
-                        contender.modes,
-                        seconds,
-                        loadgen=loadgen,
-                    )
-                finally:
-                    relay.stop()
+                step = await contender.step(search.level, seconds, loadgen)
                 steps[name].append({**asdict(step), "round": round_number + 1})
                 search.record(step)
         for name, search in searches.items():
@@ -984,19 +988,7 @@ async def compare_costs(
             # A step that does not hold is measured once more, as the search does: the
             # CPU per packet of a relay with a standing queue is not that of one keeping up.
             for _attempt in range(2):
-                relay = contender.make(level)
-                try:
-                    step = await measure(
-                        relay,
-                        level,
-                        contender.per_channel,
-                        contender.speakers,
-                        contender.modes,
-                        seconds,
-                        loadgen=loadgen,
-                    )
-                finally:
-                    relay.stop()
+                step = await contender.step(level, seconds, loadgen)
                 if holds(step):
                     break
             steps[name].append(step)
