@@ -12,6 +12,7 @@ from voxgate.bench.relay import (
     build_loadgen,
     cpu_ratio,
     holds,
+    median_interval,
     ratio,
     run,
     run_dave,
@@ -30,7 +31,16 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
         loadgen, why = build_loadgen()
         if loadgen is None:
             pytest.skip(why)
-    result = await run(seconds=0.5, quick=True, ceiling=True, loadgen=loadgen, bare=True, rounds=2)
+    result = await run(
+        seconds=0.5,
+        quick=True,
+        ceiling=True,
+        loadgen=loadgen,
+        bare=True,
+        rounds=2,
+        cost_rounds=2,
+        cost_seconds=0.5,
+    )
     for key in ("forwarded_pps", "ceiling_pps", "ratio", "latency_p99_ms", "loss"):
         assert key in result
     assert result["fast_path"] == fastpath.IMPLEMENTATION
@@ -59,8 +69,17 @@ async def test_relay_bench_reports_its_figures_and_loses_nothing_at_low_rate(
             continue
         spread = max(result[f"{key}_rounds"]) - min(result[f"{key}_rounds"])
         assert result[f"{key}_spread"] == pytest.approx(spread, abs=0.002)
-        assert (result[key] is None) == (result[f"{key}_spread"] > NOISE_LIMIT)
+        # Two rounds are too few for a 95% interval: it is their smallest and largest.
+        low, high = result[f"{key}_interval"]
+        assert (low, high) == (min(result[f"{key}_rounds"]), max(result[f"{key}_rounds"]))
+        assert (result[key] is None) == (high - low > NOISE_LIMIT)
         assert (result[key] is None) == (f"{key}_note" in result)
+    # Latency at half saturation: voxgate's and, at the same load, the C relay's, each
+    # the median of its rounds.
+    assert len(result["latency_p99_ms_rounds"]) == 2
+    if result["ceiling_pps"] is not None:
+        assert len(result["ceiling_latency_p99_ms_at_half_rounds"]) == 2
+        assert "cpu_ratio_at_half_rounds" in result
     assert result["generator"] == generator
     if generator == "c":  # how near its own limit the generator ran, 0..1
         assert 0 < result["fanout10"]["generator_busy_max"] <= 1
@@ -134,6 +153,31 @@ def test_a_cpu_ratio_is_how_many_packets_a_core_forwards_for_each_of_the_others(
     assert noisy["median"] is None and noisy["spread"] == 0.15 and "too noisy" in noisy["note"]
     dropped = cpu_ratio(costs(4.0, 4.0, 4.0), [*costs(4.4, 4.2), *costs(4.6, loss=0.2)])
     assert dropped["median"] is None and "did not hold" in dropped["note"]
+
+
+def test_many_rounds_give_a_figure_by_the_interval_of_their_median_not_their_spread() -> None:
+    def costs(*cpu_ms: float, loss: float = 0.0) -> list[Step]:
+        return [Step(**{**_step(loss, 0.1).__dict__, "cpu_ms_per_1000": v}) for v in cpu_ms]
+
+    # Sixteen rounds scattering ±7% around 1.05: their spread is wider than the limit, but
+    # the 4th and 13th of them bracket the median at 95%, and that interval is narrow.
+    scatter = [0.98, 0.99, 1.0, 1.01, 1.02, 1.03, 1.04, 1.05, 1.05, 1.06, 1.07, 1.08, 1.09]
+    scatter += [1.10, 1.11, 1.12]
+    assert median_interval(scatter) == (1.01, 1.09)
+    assert median_interval([1.2, 0.9, 1.0]) == (0.9, 1.2)  # too few: smallest and largest
+    ours = costs(*[4.0] * 16)
+    many = cpu_ratio(ours, costs(*[4.0 * value for value in scatter]))
+    assert many["spread"] == pytest.approx(0.14) and many["interval"] == [1.01, 1.09]
+    assert many["median"] == 1.05 and "note" not in many
+    # Rounds that did not hold are left out; more than an eighth of them, no figure.
+    theirs = [4.0 * value for value in scatter]
+    two_lost = cpu_ratio(ours, [*costs(*theirs[:14]), *costs(*theirs[14:], loss=0.2)])
+    assert two_lost["median"] is not None and len(two_lost["ratios"]) == 14
+    three_lost = cpu_ratio(ours, [*costs(*theirs[:13]), *costs(*theirs[13:], loss=0.2)])
+    assert three_lost["median"] is None and "did not hold" in three_lost["note"]
+    # And a wide interval gives none.
+    wide = cpu_ratio(ours, costs(*[4.0 * (1 + 0.03 * (i % 8)) for i in range(16)]))
+    assert wide["median"] is None and "wide" in wide["note"]
 
 
 def test_the_search_tries_a_failing_level_again_before_going_below_it() -> None:

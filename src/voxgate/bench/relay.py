@@ -18,6 +18,7 @@ import abc
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -99,7 +100,7 @@ def _paused_fd(transport: asyncio.DatagramTransport | None) -> int:
     if transport is None:
         raise RuntimeError("the member has no media socket")
     # The C generator reads the socket from here on; two readers would split the packets.
-    # A member kept across steps (PooledRelay) is handed over again, already paused.
+    # A member kept across steps (Pool) is handed over again, already paused.
     if transport.is_reading():
         transport.pause_reading()
     sock = transport.get_extra_info("socket")
@@ -233,6 +234,8 @@ class Relay(abc.ABC):
     #: Whether a process of this relay runs on the generator's core: the C generator then
     #: sleeps while it waits for packets instead of polling (which would take the core).
     generator_shares_core = False
+    #: Whether the members join as DAVE members and send DAVE frames.
+    dave = False
 
     @abc.abstractmethod
     async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member: ...
@@ -262,11 +265,17 @@ class Relay(abc.ABC):
         self, channels: int, per_channel: int, modes: Sequence[str], tally: Tally
     ) -> list[list[Member]]:
         """The members of channels 0 to ``channels - 1`` for one step, counting into
-        ``tally``: here joined afresh, :data:`JOINS_IN_FLIGHT` channels at a time, and
-        closed by :meth:`release` after the step."""
+        ``tally``: here joined afresh, and closed by :meth:`release` after the step."""
+        return await self.join_range(range(channels), per_channel, modes, tally)
+
+    async def join_range(
+        self, channels: range, per_channel: int, modes: Sequence[str], tally: Tally
+    ) -> list[list[Member]]:
+        """The members of ``channels``, :data:`JOINS_IN_FLIGHT` channels at a time (all or
+        none)."""
         results: list[list[Member] | BaseException] = []
-        for first in range(0, channels, JOINS_IN_FLIGHT):
-            batch = range(first, min(channels, first + JOINS_IN_FLIGHT))
+        for start in range(0, len(channels), JOINS_IN_FLIGHT):
+            batch = channels[start : start + JOINS_IN_FLIGHT]
             results += await asyncio.gather(
                 *(self.join_channel(channel, per_channel, modes, tally) for channel in batch),
                 return_exceptions=True,
@@ -276,7 +285,7 @@ class Relay(abc.ABC):
         members = [result for result in results if not isinstance(result, BaseException)]
         for result in results:
             if isinstance(result, BaseException):
-                await self.release(members)
+                await leave(members)
                 raise result
         return members
 
@@ -303,11 +312,7 @@ class Relay(abc.ABC):
         return [self.pid]
 
     def cpu_seconds(self) -> float:
-        total = 0
-        for pid in self.processes():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(map(cpu_seconds, self.processes()))
 
     def rss_bytes(self) -> int:
         total = 0
@@ -316,6 +321,28 @@ class Relay(abc.ABC):
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process's threads have run, to the nanosecond where Linux keeps it.
+
+    ``/proc/PID/stat``'s user and system times are, on kernels with tick accounting (this
+    machine's, at 250 Hz), the ticks that found the process running: a sample, whose error
+    over a 3-second step at 70% of a core is about 2.4%, as much as the differences the
+    bench compares. The scheduler's own sum of each thread's run time, the first field of
+    ``schedstat``, has none.
+    """
+    try:
+        return (
+            sum(
+                int(path.read_text().split()[0])
+                for path in Path(f"/proc/{pid}/task").glob("*/schedstat")
+            )
+            / 1e9
+        )
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class VoxgateRelay(Relay):
@@ -397,33 +424,42 @@ class VoxgateRelay(Relay):
         self.node.stop()
 
 
-class PooledRelay(VoxgateRelay):
-    """A voxgate node kept up for a whole run, its members with it (``bench relay --dave``).
+class Pool(Relay):
+    """A relay kept up for several steps, its members with it: the steps of
+    :func:`compare_costs` and of ``bench relay --dave``.
 
-    Joining DAVE members is slow for the bench itself: every member of a channel commits
-    every proposal batch in davey, about half a second of this process's CPU per channel of
-    ten (a plain join is a fifth of that), so joining every level's members afresh, as the
-    other benches do, takes the DAVE search most of an hour. Here each channel's members
-    join once, at the first level that needs them, and stay: a level of L channels streams
-    on channels 0 to L-1 while the members of higher channels stay joined and idle (only
-    their heartbeats and keep-alives reach the node). :meth:`stop` between steps leaves
-    everything up; :meth:`close` ends it. Both sides of the DAVE comparison are pooled
-    alike, so their ratio stays a like-for-like one.
+    Joining members is slow for the bench itself: a plain member's join is round trips
+    and a tenth of a second of this process's CPU, and a DAVE member's is five times
+    that, since every member of a channel commits every proposal batch in davey. Joining
+    every step's members afresh takes a step more time than its measuring, and with DAVE
+    the search most of an hour. Here each channel's members join once, at the first step
+    that needs them, and stay: a step of L channels streams on channels 0 to L-1 while the
+    members of higher channels stay joined and idle (only their heartbeats and keep-alives
+    reach the relay). :meth:`stop` between steps leaves everything up; :meth:`close` ends
+    it. Both sides of a comparison are pooled alike, so their ratio stays a like-for-like
+    one.
 
     A member sends again in every step, so each step's generator starts the nonce counters
-    at a new :meth:`nonce_base`, above all a member sent before: the node's replay window
-    would drop repeated counters as replays."""
+    at a new :meth:`nonce_base`, above all a member sent before: a voxgate node's replay
+    window would drop repeated counters as replays."""
 
     #: Where step n's nonce counters start: n << NONCE_STEP_BITS, far more than the packets
     #: a member sends in one step (50 a second); the counter wraps mod 2**32 as clients' do.
     NONCE_STEP_BITS = 22
 
-    def __init__(self, node: BenchNode, *, dave: bool = False, sized_like_dave: bool = False):
-        super().__init__(node, dave=dave, sized_like_dave=sized_like_dave)
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.name = relay.name
+        self.pid = relay.pid
+        self.dave = relay.dave
+        self.generator_shares_core = relay.generator_shares_core
         self.joined: list[list[Member]] = []
         self.steps = 0
         self._shape: tuple[int, tuple[str, ...]] | None = None
         self._rss_at_start = self.rss_bytes()
+
+    async def join(self, channel: int, index: int, mode: str, tally: Tally) -> Member:
+        return await self.relay.join(channel, index, mode, tally)
 
     async def join_channels(
         self, channels: int, per_channel: int, modes: Sequence[str], tally: Tally
@@ -435,17 +471,18 @@ class PooledRelay(VoxgateRelay):
         for channel in self.joined:
             for member in channel:
                 member.tally = tally
-        while len(self.joined) < channels:
-            self.joined.append(await self.join_channel(len(self.joined), per_channel, modes, tally))
+        self.joined += await self.join_range(
+            range(len(self.joined), channels), per_channel, modes, tally
+        )
         return self.joined[:channels]
 
     async def release(self, members: list[list[Member]]) -> None:
-        """The members stay; the node drains what a step past saturation left queued,
+        """The members stay; the relay drains what a step past saturation left queued,
         which the next step (of either contender: they share a core) must not inherit."""
         await self._settle()
 
     async def _settle(self, limit_s: float = 10.0, interval_s: float = 0.2) -> None:
-        """Until the node uses under a tenth of a core over ``interval_s``, or ``limit_s``."""
+        """Until the relay uses under a tenth of a core over ``interval_s``, or ``limit_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit_s
         before = self.cpu_seconds()
@@ -457,8 +494,8 @@ class PooledRelay(VoxgateRelay):
             before = now
 
     def rss_per_session_kb(self, before: int, members: list[list[Member]]) -> float:
-        # Over every member the node holds, since it started: the pool's members joined
-        # over several steps.
+        # Over every member the relay holds, since the pool began: the pool's members
+        # joined over several steps.
         held = sum(map(len, self.joined))
         return (self.rss_bytes() - self._rss_at_start) / 1024 / max(1, held)
 
@@ -466,16 +503,22 @@ class PooledRelay(VoxgateRelay):
         self.steps += 1
         return (self.steps << self.NONCE_STEP_BITS) & 0xFFFF_FFFF
 
+    async def payload_template(self, members: list[list[Member]]) -> bytes | None:
+        return await self.relay.payload_template(members)
+
+    def processes(self) -> list[int]:
+        return self.relay.processes()
+
     def stop(self) -> None:
-        """Nothing: the node and its members serve the next step too (see :meth:`close`)."""
+        """Nothing: the relay and its members serve the next step too (see :meth:`close`)."""
 
     async def close(self) -> None:
-        """The members leave and the node stops, for good."""
+        """The members leave and the relay stops, for good."""
         try:
             await leave(self.joined)
         finally:
             self.joined = []
-            self.node.stop()
+            self.relay.stop()
 
 
 class WorkersRelay(VoxgateRelay):
@@ -607,7 +650,7 @@ async def measure(
     """Stream for ``seconds`` on ``channels`` x ``per_channel`` members, count.
 
     The members are the relay's :meth:`Relay.join_channels` (joined for this step, or with
-    a :class:`PooledRelay` kept from earlier steps). With ``loadgen`` (and modes it speaks)
+    a :class:`Pool` kept from earlier steps). With ``loadgen`` (and modes it speaks)
     the C generator sends and receives for them; otherwise this process does, as a Python
     generator.
     """
@@ -628,7 +671,7 @@ async def measure(
                 template,
                 nonce_base=relay.nonce_base(),
             )
-        if isinstance(relay, VoxgateRelay) and relay.dave:
+        if relay.dave:
             # Members' own send_opus would DAVE-encrypt the frame again.
             raise RuntimeError("DAVE payloads need the C load generator")
         return await _drive_in_python(
@@ -794,9 +837,11 @@ def holds(step: Step) -> bool:
 #: Rounds of the interleaved search: each gives every relay one saturation point, so each
 #: ratio one value per round.
 ROUNDS = 3
-#: The widest spread (largest minus smallest) of a ratio's rounds that still gives a
-#: figure: ±0.05 around the median. Wider, the machine was too noisy to tell.
+#: The widest interval of a ratio's median (:func:`median_interval`) that still gives a
+#: figure: ±0.05 around it. Wider, the machine was too noisy to tell.
 NOISE_LIMIT = 0.10
+#: The confidence the interval of a median is taken at, once there are enough rounds.
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -812,17 +857,14 @@ class Contender:
         """One :func:`measure` of a relay made for ``level`` channels, stopped after."""
         relay = self.make(level)
         try:
-            return await measure(
-                relay,
-                level,
-                self.per_channel,
-                self.speakers,
-                self.modes,
-                seconds,
-                loadgen=loadgen,
-            )
+            return await self.measure(relay, level, seconds, loadgen)
         finally:
             relay.stop()
+
+    async def measure(self, relay: Relay, level: int, seconds: float, loadgen: Path | None) -> Step:
+        return await measure(
+            relay, level, self.per_channel, self.speakers, self.modes, seconds, loadgen=loadgen
+        )
 
 
 @dataclass
@@ -944,19 +986,46 @@ def cpu_ratio(numerator: Sequence[Step], denominator: Sequence[Step]) -> dict[st
     )
 
 
+def median_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Where the median of what ``values`` sample lies, with :data:`CONFIDENCE`: the
+    narrowest pair of order statistics, the k-th from each end, that brackets the median
+    that often whatever the distribution (the sign test's interval). Too few values for it
+    (five or fewer at 95%), the smallest and the largest.
+
+    A spread, the largest less the smallest, widens with every round added; this narrows,
+    as the median it brackets grows surer. Sixteen rounds that scatter ±7% (one step's
+    CPU per packet on a shared machine) bracket their median within about ±3%.
+    """
+    ordered = sorted(values)
+    count = len(ordered)
+    k = 1
+    # P(fewer than k+1 of the values below the median) = P(Binomial(count, 1/2) <= k).
+    while 2 * sum(math.comb(count, i) for i in range(k + 1)) / 2**count <= 1 - CONFIDENCE:
+        k += 1
+    return ordered[k - 1], ordered[count - k]
+
+
 def _summary(ratios: list[float], rounds: int, missing: str) -> dict[str, Any]:
+    """The median of ``ratios`` (one per round that gave one), their spread and the
+    median's :func:`median_interval`; the median is None, with a note, when more than an
+    eighth of the ``rounds`` gave no ratio or the interval is wider than
+    :data:`NOISE_LIMIT`."""
     summary: dict[str, Any] = {
         "ratios": [round(value, 3) for value in ratios],
         "median": round(statistics.median(ratios), 3) if ratios else None,
         "spread": round(max(ratios) - min(ratios), 3) if ratios else None,
     }
-    if len(ratios) < max(rounds, 1):
+    if ratios:
+        low, high = median_interval(ratios)
+        summary["interval"] = [round(low, 3), round(high, 3)]
+    if len(ratios) < max(rounds - rounds // 8, 1):
         summary["note"] = f"too noisy to give a figure: {missing}"
         summary["median"] = None
-    elif summary["spread"] > NOISE_LIMIT:
+    elif (width := summary["interval"][1] - summary["interval"][0]) > NOISE_LIMIT + 1e-9:
         summary["note"] = (
-            f"too noisy to give a figure: the ratios {summary['ratios']} spread "
-            f"{summary['spread']} > {NOISE_LIMIT}; run again on a quiet machine"
+            f"too noisy to give a figure: the median of {summary['ratios']} lies in "
+            f"{summary['interval']}, {width:.3f} wide > {NOISE_LIMIT}; run again on a quiet "
+            "machine"
         )
         summary["median"] = None
     return summary
@@ -964,6 +1033,11 @@ def _summary(ratios: list[float], rounds: int, missing: str) -> dict[str, Any]:
 
 #: The share of the lower saturation at which :func:`compare_costs` measures a pair.
 COST_LOAD = 0.8
+#: Rounds of :func:`compare_costs`, and the seconds each of its steps measures: its
+#: steps are cheap (the members stay joined), and many short ones, each pair of them
+#: seconds apart, see the same machine better than a few long ones.
+COST_ROUNDS = 16
+COST_STEP_S = 1.0
 
 
 async def compare_costs(
@@ -971,7 +1045,7 @@ async def compare_costs(
     level: int,
     seconds: float,
     loadgen: Path | None,
-    rounds: int = ROUNDS,
+    rounds: int = COST_ROUNDS,
 ) -> dict[str, list[Step]]:
     """Every contender at one load, ``level`` channels, in turn (A B A B ...), ``rounds``
     times: the steps whose CPU per forwarded packet :func:`cpu_ratio` compares.
@@ -981,17 +1055,31 @@ async def compare_costs(
     counted in its own process's time, which another process or the hypervisor taking the
     core does not add to: in the run of 2026-12-01 the C path's and the C relay's
     saturations spread 0.354 as a ratio over three rounds, their CPU per packet 0.078.
+
+    Each contender is one :class:`Pool` for the whole comparison, both up and joined
+    before the first step: a step is then the load alone, seconds rather than the half
+    minute of joining a level's members, so the pair alternates many times, each step a
+    few seconds from the other's, and what moved the machine in one round moves both.
     """
+    pools: dict[str, Pool] = {}
     steps: dict[str, list[Step]] = {name: [] for name in contenders}
-    for _ in range(rounds):
+    try:
         for name, contender in contenders.items():
-            # A step that does not hold is measured once more, as the search does: the
-            # CPU per packet of a relay with a standing queue is not that of one keeping up.
-            for _attempt in range(2):
-                step = await contender.step(level, seconds, loadgen)
-                if holds(step):
-                    break
-            steps[name].append(step)
+            pools[name] = Pool(contender.make(level))
+            await pools[name].join_channels(level, contender.per_channel, contender.modes, Tally())
+        for _ in range(rounds):
+            for name, contender in contenders.items():
+                # A step that does not hold is measured once more, as the search does: the
+                # CPU per packet of a relay with a standing queue is not that of one
+                # keeping up.
+                for _attempt in range(2):
+                    step = await contender.measure(pools[name], level, seconds, loadgen)
+                    if holds(step):
+                        break
+                steps[name].append(step)
+    finally:
+        for pool in pools.values():
+            await pool.close()
     return steps
 
 
@@ -1050,6 +1138,8 @@ def _put_ratio(result: dict[str, Any], key: str, summary: dict[str, Any]) -> Non
     result[key] = summary["median"]
     result[f"{key}_spread"] = summary["spread"]
     result[f"{key}_rounds"] = summary["ratios"]
+    if "interval" in summary:
+        result[f"{key}_interval"] = summary["interval"]
     if "note" in summary:
         result[f"{key}_note"] = summary["note"]
 
@@ -1062,6 +1152,8 @@ async def run(
     loadgen_note: str = "",
     bare: bool = False,
     rounds: int = ROUNDS,
+    cost_rounds: int = COST_ROUNDS,
+    cost_seconds: float = COST_STEP_S,
 ) -> dict[str, Any]:
     """Every scenario of ``voxgate bench relay``; one dict of figures.
 
@@ -1130,16 +1222,28 @@ async def run(
     result["saturation_channels"] = middle.channels if middle else 0
     result["loss"] = middle.loss if middle else 1.0
     result["cpu_ms_per_1000"] = middle.cpu_ms_per_1000 if middle else None
+    # Latency at half of voxgate's saturation, the C relay's at the same load beside it:
+    # what the machine alone adds to a packet's time (another tenant's thread or the
+    # hypervisor taking the core for milliseconds) shows in both, and only there.
     half = max(1, (middle.channels if middle else 1) // 2)
-    relay = VoxgateRelay.pinned(server_cpu)
-    try:
-        at_half = await measure(relay, half, 10, 2, [AES], seconds, loadgen=loadgen)
-        result["rss_per_session_kb"] = at_half.rss_per_session_kb
-    finally:
-        relay.stop()
+    at_half_pair = {name: contenders[name] for name in ("voxgate", "ceiling") if name in contenders}
+    halves = await compare_costs(at_half_pair, half, cost_seconds, loadgen, cost_rounds)
+    at_half = sorted(halves["voxgate"], key=lambda step: step.latency_p99_ms)[
+        len(halves["voxgate"]) // 2
+    ]
+    result["rss_per_session_kb"] = at_half.rss_per_session_kb
     result["at_half_saturation"] = asdict(at_half)
-    result["latency_p50_ms"] = at_half.latency_p50_ms
-    result["latency_p99_ms"] = at_half.latency_p99_ms
+    result["latency_p50_ms"] = statistics.median(step.latency_p50_ms for step in halves["voxgate"])
+    result["latency_p99_ms"] = statistics.median(step.latency_p99_ms for step in halves["voxgate"])
+    result["latency_p99_ms_rounds"] = [step.latency_p99_ms for step in halves["voxgate"]]
+    if "ceiling" in halves:
+        result["ceiling_latency_p99_ms_at_half"] = statistics.median(
+            step.latency_p99_ms for step in halves["ceiling"]
+        )
+        result["ceiling_latency_p99_ms_at_half_rounds"] = [
+            step.latency_p99_ms for step in halves["ceiling"]
+        ]
+        _put_ratio(result, "cpu_ratio_at_half", cpu_ratio(halves["voxgate"], halves["ceiling"]))
 
     for name, channels, per_channel, speakers, modes in (
         ("fanout100", 1, 100 if not quick else 20, 1, [AES]),
@@ -1216,7 +1320,7 @@ async def run(
             continue
         level = levels[key]
         pair = {ours: contenders[ours], theirs: contenders[theirs]}
-        costs = await compare_costs(pair, level, seconds, loadgen, rounds)
+        costs = await compare_costs(pair, level, cost_seconds, loadgen, cost_rounds)
         result["costs"][key] = {
             "channels": level,
             "per_channel": contenders[ours].per_channel,
@@ -1305,7 +1409,7 @@ async def run_dave(
     the one sent: ``dave_frames_verified`` says the DAVE side's were DAVE frames,
     byte-identical, and the plain side's were not DAVE frames.
 
-    Each side is one :class:`PooledRelay` for the whole run: one node, and each channel's
+    Each side is one :class:`Pool` for the whole run: one node, and each channel's
     members joined once and kept across levels (``members_kept_across_levels``), since
     joining DAVE members afresh at every level costs the bench far more than the levels'
     measuring (every member commits every proposal batch in davey). A level of L channels
@@ -1334,10 +1438,10 @@ async def run_dave(
             "stay joined and idle"
         ),
     }
-    pools: dict[str, PooledRelay] = {}
+    pools: dict[str, Pool] = {}
     try:
-        pools["plain"] = PooledRelay.pinned(server_cpu, sized_like_dave=True)
-        pools["dave"] = PooledRelay.pinned(server_cpu, dave=True)
+        pools["plain"] = Pool(VoxgateRelay.pinned(server_cpu, sized_like_dave=True))
+        pools["dave"] = Pool(VoxgateRelay.pinned(server_cpu, dave=True))
         contenders = {
             name: Contender(lambda channels, pool=pool: pool) for name, pool in pools.items()
         }

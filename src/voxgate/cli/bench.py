@@ -53,6 +53,10 @@ def relay(
         False, help="Also measure bench/ceiling/bare_relay.py, the least Python that relays."
     ),
     rounds: int = typer.Option(3, min=1, help="Interleaved rounds (at least 3 for a figure)."),
+    cost_rounds: int = typer.Option(
+        16, min=1, help="Rounds of each pair at one load, compared by CPU per packet."
+    ),
+    cost_seconds: float = typer.Option(1.0, help="Measured seconds per step of those rounds."),
     dave: bool = typer.Option(
         False,
         "--dave",
@@ -67,6 +71,10 @@ def relay(
     voxgate and the C relay (and with --bare voxgate's Python path and the bare Python
     relay) are measured in turn, level by level, --rounds times; each ratio is the median of
     its rounds with their spread, and no figure at all when the spread exceeds +-0.05.
+    Then each pair is measured in turn at one load both hold, --cost-rounds times, with
+    its members joined once; the cpu_ ratios compare their CPU per forwarded packet, each
+    the median of its rounds with the 95% interval of that median, and no figure when the
+    interval is wider than +-0.05.
     The nodes run --dave off and their members join without DAVE (the figures are the
     transport relay's); --dave compares that with DAVE members instead, on one node per
     side whose members stay joined across levels (joining DAVE members afresh at every
@@ -92,6 +100,8 @@ def relay(
             loadgen_note=why,
             bare=bare,
             rounds=rounds,
+            cost_rounds=cost_rounds,
+            cost_seconds=cost_seconds,
         )
     )
     if as_json:
@@ -119,7 +129,8 @@ def relay(
     typer.echo(
         f"saturation (median of rounds): voxgate {result['forwarded_pps']} pps "
         f"{result['fanout10']['forwarded_pps_rounds']}, ceiling {result['ceiling_pps']} pps; "
-        f"at half: p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms; "
+        f"at half: p50 {result['latency_p50_ms']} ms, p99 {result['latency_p99_ms']} ms "
+        f"(the C relay's at that load {result.get('ceiling_latency_p99_ms_at_half')} ms); "
         f"{result['cpu_ms_per_1000']} cpu-ms per 1000; "
         f"RSS per session {result['rss_per_session_kb']} KB"
     )
@@ -129,6 +140,7 @@ def relay(
         ("voxgate (python) / bare Python relay", "ratio_to_bare_python"),
         ("native / python path", "native_to_python"),
         ("packets per CPU-second, voxgate / C relay", "cpu_ratio"),
+        ("packets per CPU-second at half saturation, voxgate / C relay", "cpu_ratio_at_half"),
         ("packets per CPU-second, XChaCha20 / AES-GCM", "cpu_xchacha_to_aes"),
         ("packets per CPU-second, python path / bare Python relay", "cpu_ratio_to_bare_python"),
         ("packets per CPU-second, both modes / AES-GCM channels", "cpu_mixed_to_aes"),
@@ -137,8 +149,8 @@ def relay(
         if f"{key}_rounds" in result:
             figure = result[key] if result[key] is not None else "no figure"
             typer.echo(
-                f"{label}: {figure} (spread {result[f'{key}_spread']}, rounds "
-                f"{result[f'{key}_rounds']})"
+                f"{label}: {figure} (interval {result.get(f'{key}_interval')}, spread "
+                f"{result[f'{key}_spread']}, rounds {result[f'{key}_rounds']})"
             )
             if result.get(f"{key}_note"):
                 typer.echo(f"  {result[f'{key}_note']}")
