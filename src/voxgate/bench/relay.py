@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -1163,8 +1163,11 @@ async def run(
     (:func:`interleave`); each ratio is the median of its rounds, with their spread, or
     None with a note when the spread says the machine was too noisy. Then each pair (voxgate
     and the C relay, XChaCha20 and AES-GCM, the Python path and ``bare_relay.py``) is
-    measured in turn at :data:`COST_LOAD` of the lower saturation, ``rounds`` times, and
-    ``cpu_…`` compares their CPU per forwarded packet the same way (:func:`compare_costs`).
+    measured in turn at :data:`COST_LOAD` of the lower saturation, ``cost_rounds`` steps
+    of ``cost_seconds`` each with the members joined once (:func:`compare_costs`), and
+    ``cpu_…`` compares their CPU per forwarded packet: the median of the rounds, given when
+    its 95% interval (:func:`median_interval`) is within ±0.05. The latency at half of
+    voxgate's saturation is measured so too, beside the C relay's at the same load.
 
     ``loadgen`` is the built C generator (:func:`build_loadgen`); without it this process
     generates the load, and its own queueing then shows in the latencies.
@@ -1181,6 +1184,8 @@ async def run(
         "generator": "c" if loadgen else "python",
         "saturation_rule": SATURATION_RULE,
         "rounds": rounds,
+        "cost_rounds": cost_rounds,
+        "cost_seconds_per_step": cost_seconds,
         "noise_limit": NOISE_LIMIT,
     }
     if loadgen_note:
@@ -1233,11 +1238,11 @@ async def run(
     ]
     result["rss_per_session_kb"] = at_half.rss_per_session_kb
     result["at_half_saturation"] = asdict(at_half)
-    result["latency_p50_ms"] = statistics.median(step.latency_p50_ms for step in halves["voxgate"])
-    result["latency_p99_ms"] = statistics.median(step.latency_p99_ms for step in halves["voxgate"])
+    result["latency_p50_ms"] = _median_ms(step.latency_p50_ms for step in halves["voxgate"])
+    result["latency_p99_ms"] = _median_ms(step.latency_p99_ms for step in halves["voxgate"])
     result["latency_p99_ms_rounds"] = [step.latency_p99_ms for step in halves["voxgate"]]
     if "ceiling" in halves:
-        result["ceiling_latency_p99_ms_at_half"] = statistics.median(
+        result["ceiling_latency_p99_ms_at_half"] = _median_ms(
             step.latency_p99_ms for step in halves["ceiling"]
         )
         result["ceiling_latency_p99_ms_at_half_rounds"] = [
@@ -1328,6 +1333,10 @@ async def run(
         }
         _put_ratio(result, key, cpu_ratio(costs[ours], costs[theirs]))
     return result
+
+
+def _median_ms(values: Iterable[float]) -> float:
+    return round(statistics.median(values), 3)
 
 
 def _fields(step: dict[str, Any]) -> dict[str, Any]:
