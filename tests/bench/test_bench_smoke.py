@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from voxgate.bench.relay import (
@@ -175,6 +177,21 @@ def test_many_rounds_give_a_figure_by_the_interval_of_their_median_not_their_spr
     assert two_lost["median"] is not None and len(two_lost["ratios"]) == 14
     three_lost = cpu_ratio(ours, [*costs(*theirs[:13]), *costs(*theirs[13:], loss=0.2)])
     assert three_lost["median"] is None and "did not hold" in three_lost["note"]
+    # Rounds in blocks (each a pair of processes, with its own luck) count as their
+    # blocks: the figure is the median of the blocks' medians, the interval theirs.
+    def blocked(values: list[float], size: int) -> list[Step]:
+        return [replace(step, block=i // size + 1) for i, step in enumerate(costs(*values))]
+
+    lucky = [1.0, 1.04, 0.96, 1.07]  # four pairs of processes, 4% apart on average
+    rounds = [4.0 * luck * value for luck in lucky for value in (0.99, 1.0, 1.0, 1.01)]
+    by_block = cpu_ratio(blocked([4.0] * 16, 4), blocked(rounds, 4))
+    assert by_block["ratios"] == [1.0, 1.04, 0.96, 1.07] and len(by_block["rounds"]) == 16
+    assert by_block["median"] is None and "wide" in by_block["note"]  # 0.96-1.07 > 0.10
+    # The same scatter with no luck between blocks: each block has a share of it.
+    mixed = [4.2 * scatter[block + 4 * i] for block in range(4) for i in range(4)]
+    steady = cpu_ratio(blocked([4.0] * 16, 4), blocked(mixed, 4))
+    assert steady["median"] == pytest.approx(1.05 * 1.05, abs=0.01) and "note" not in steady
+    assert steady["spread"] < NOISE_LIMIT
     # And a wide interval gives none.
     wide = cpu_ratio(ours, costs(*[4.0 * (1 + 0.03 * (i % 8)) for i in range(16)]))
     assert wide["median"] is None and "wide" in wide["note"]

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -218,6 +218,9 @@ class Step:
     #: The C generator's share of the step that it was sending or receiving rather than
     #: polling idle; near 1 it, not the relay, may be what held the level back.
     generator_busy: float | None = None
+    #: The block of :func:`compare_costs` rounds it was measured in: one pair of the
+    #: relays' processes.
+    block: int | None = None
 
 
 #: Channels whose members join at once. A join is mostly round trips (HTTP, WebSocket,
@@ -973,17 +976,32 @@ def ratio(numerator: Sequence[Step | None], denominator: Sequence[Step | None]) 
 
 def cpu_ratio(numerator: Sequence[Step], denominator: Sequence[Step]) -> dict[str, Any]:
     """The denominator's CPU per forwarded packet over the numerator's, round by round (the
-    steps of :func:`compare_costs`), as :func:`ratio` summarizes them: how many packets one
-    core of the numerator forwards for each the denominator's does."""
-    return _summary(
-        [
-            b.cpu_ms_per_1000 / a.cpu_ms_per_1000
-            for a, b in zip(numerator, denominator, strict=True)
-            if holds(a) and holds(b) and a.cpu_ms_per_1000
-        ],
-        len(numerator),
-        "a round's level did not hold for both",
-    )
+    steps of :func:`compare_costs`): how many packets one core of the numerator forwards
+    for each the denominator's does.
+
+    Rounds measured in blocks are summarized as :func:`ratio` summarizes rounds, a block's
+    median standing for its rounds: the rounds of a block share one pair of processes and
+    that pair's luck, so sixteen rounds of four blocks are four samples of it, not sixteen.
+    ``rounds`` keeps every round's ratio. No figure either when more than an eighth of the
+    rounds did not hold for both.
+    """
+    missing = "a round's level did not hold for both"
+    ratios: list[float] = []
+    blocks: dict[int | None, list[float]] = {}
+    for a, b in zip(numerator, denominator, strict=True):
+        if holds(a) and holds(b) and a.cpu_ms_per_1000:
+            ratios.append(b.cpu_ms_per_1000 / a.cpu_ms_per_1000)
+            blocks.setdefault(a.block, []).append(ratios[-1])
+    if None in blocks or not numerator:
+        return _summary(ratios, len(numerator), missing)
+    measured = {step.block for step in numerator}
+    medians = [statistics.median(block) for block in blocks.values()]
+    summary = _summary(medians, len(measured), missing)
+    summary["rounds"] = [round(value, 3) for value in ratios]
+    if len(ratios) < len(numerator) - len(numerator) // 8 and summary["median"] is not None:
+        summary["note"] = f"too noisy to give a figure: {missing}"
+        summary["median"] = None
+    return summary
 
 
 def median_interval(values: Sequence[float]) -> tuple[float, float]:
@@ -1038,6 +1056,8 @@ COST_LOAD = 0.8
 #: seconds apart, see the same machine better than a few long ones.
 COST_ROUNDS = 16
 COST_STEP_S = 1.0
+#: Fresh pairs of relays the rounds of :func:`compare_costs` are spread over.
+COST_BLOCKS = 4
 
 
 async def compare_costs(
@@ -1046,6 +1066,7 @@ async def compare_costs(
     seconds: float,
     loadgen: Path | None,
     rounds: int = COST_ROUNDS,
+    blocks: int = COST_BLOCKS,
 ) -> dict[str, list[Step]]:
     """Every contender at one load, ``level`` channels, in turn (A B A B ...), ``rounds``
     times: the steps whose CPU per forwarded packet :func:`cpu_ratio` compares.
@@ -1056,30 +1077,41 @@ async def compare_costs(
     core does not add to: in the run of 2026-12-01 the C path's and the C relay's
     saturations spread 0.354 as a ratio over three rounds, their CPU per packet 0.078.
 
-    Each contender is one :class:`Pool` for the whole comparison, both up and joined
-    before the first step: a step is then the load alone, seconds rather than the half
-    minute of joining a level's members, so the pair alternates many times, each step a
-    few seconds from the other's, and what moved the machine in one round moves both.
+    The rounds are measured in ``blocks``. In each, every contender is one :class:`Pool`,
+    up and joined before the block's first step: a step is then the load alone, seconds
+    rather than the half minute of joining a level's members, so the pair alternates many
+    times, each step a few seconds from the other's, and what moved the machine in one
+    round moves both. Each block starts its relays afresh, the contenders in the other
+    order: two nodes of the same code, each measured sixteen times, differed by 5% in CPU
+    per packet (where a process's memory landed, what its tables hash to), and a single
+    pair of processes would carry that into the ratio however many rounds it ran.
     """
-    pools: dict[str, Pool] = {}
     steps: dict[str, list[Step]] = {name: [] for name in contenders}
-    try:
-        for name, contender in contenders.items():
-            pools[name] = Pool(contender.make(level))
-            await pools[name].join_channels(level, contender.per_channel, contender.modes, Tally())
-        for _ in range(rounds):
-            for name, contender in contenders.items():
-                # A step that does not hold is measured once more, as the search does: the
-                # CPU per packet of a relay with a standing queue is not that of one
-                # keeping up.
-                for _attempt in range(2):
-                    step = await contender.measure(pools[name], level, seconds, loadgen)
-                    if holds(step):
-                        break
-                steps[name].append(step)
-    finally:
-        for pool in pools.values():
-            await pool.close()
+    names = list(contenders)
+    blocks = max(1, min(blocks, rounds))
+    for block in range(blocks):
+        order = names if block % 2 == 0 else names[::-1]
+        pools: dict[str, Pool] = {}
+        try:
+            for name in order:
+                contender = contenders[name]
+                pools[name] = Pool(contender.make(level))
+                await pools[name].join_channels(
+                    level, contender.per_channel, contender.modes, Tally()
+                )
+            for _ in range(rounds * (block + 1) // blocks - rounds * block // blocks):
+                for name in order:
+                    # A step that does not hold is measured once more, as the search does:
+                    # the CPU per packet of a relay with a standing queue is not that of one
+                    # keeping up.
+                    for _attempt in range(2):
+                        step = await contenders[name].measure(pools[name], level, seconds, loadgen)
+                        if holds(step):
+                            break
+                    steps[name].append(replace(step, block=block + 1))
+        finally:
+            for pool in pools.values():
+                await pool.close()
     return steps
 
 
@@ -1137,7 +1169,9 @@ def _put_ratio(result: dict[str, Any], key: str, summary: dict[str, Any]) -> Non
     and ``key_note``, flat in the result as the bench has always reported ratios."""
     result[key] = summary["median"]
     result[f"{key}_spread"] = summary["spread"]
-    result[f"{key}_rounds"] = summary["ratios"]
+    result[f"{key}_rounds"] = summary.get("rounds", summary["ratios"])
+    if "rounds" in summary:
+        result[f"{key}_blocks"] = summary["ratios"]
     if "interval" in summary:
         result[f"{key}_interval"] = summary["interval"]
     if "note" in summary:

@@ -71,10 +71,10 @@ def relay(
     voxgate and the C relay (and with --bare voxgate's Python path and the bare Python
     relay) are measured in turn, level by level, --rounds times; each ratio is the median of
     its rounds with their spread, and no figure at all when the spread exceeds +-0.05.
-    Then each pair is measured in turn at one load both hold, --cost-rounds times, with
-    its members joined once; the cpu_ ratios compare their CPU per forwarded packet, each
-    the median of its rounds with the 95% interval of that median, and no figure when the
-    interval is wider than +-0.05.
+    Then each pair is measured in turn at one load both hold, --cost-rounds times in four
+    blocks, each block a fresh pair of processes with its members joined once; the cpu_
+    ratios compare their CPU per forwarded packet, each the median of its blocks' medians,
+    and no figure when those spread wider than +-0.05.
     The nodes run --dave off and their members join without DAVE (the figures are the
     transport relay's); --dave compares that with DAVE members instead, on one node per
     side whose members stay joined across levels (joining DAVE members afresh at every
