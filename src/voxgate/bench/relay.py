@@ -335,17 +335,17 @@ def cpu_seconds(pid: int) -> float:
     bench compares. The scheduler's own sum of each thread's run time, the first field of
     ``schedstat``, has none.
     """
-    try:
-        return (
-            sum(
-                int(path.read_text().split()[0])
-                for path in Path(f"/proc/{pid}/task").glob("*/schedstat")
-            )
-            / 1e9
-        )
-    except (OSError, ValueError, IndexError):
+    threads = list(Path(f"/proc/{pid}/task").glob("*/schedstat"))
+    if not threads:  # a kernel without schedstat
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for path in threads:
+        # A thread that ended meanwhile is left out, not the whole process measured the
+        # other way: a step's two readings must be of one kind.
+        with contextlib.suppress(OSError):
+            total += int(path.read_text().split()[0])
+    return total / 1e9
 
 
 class VoxgateRelay(Relay):
@@ -1199,8 +1199,8 @@ async def run(
     and the C relay, XChaCha20 and AES-GCM, the Python path and ``bare_relay.py``) is
     measured in turn at :data:`COST_LOAD` of the lower saturation, ``cost_rounds`` steps
     of ``cost_seconds`` each with the members joined once (:func:`compare_costs`), and
-    ``cpu_…`` compares their CPU per forwarded packet: the median of the rounds, given when
-    its 95% interval (:func:`median_interval`) is within ±0.05. The latency at half of
+    ``cpu_…`` compares their CPU per forwarded packet: the median of the rounds' blocks,
+    given when the blocks lie within ±0.05 (:func:`cpu_ratio`). The latency at half of
     voxgate's saturation is measured so too, beside the C relay's at the same load.
 
     ``loadgen`` is the built C generator (:func:`build_loadgen`); without it this process
