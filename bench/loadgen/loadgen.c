@@ -35,6 +35,20 @@
  * measured window and the drain that it was not waiting for packets, how near its own
  * limit it was.
  *
+ * Groups, for measuring relays side by side: an eighth column puts a member in a group
+ * (0 to 3; the counter column is then required), and LOADGEN_SLICE_MS=M makes the groups
+ * take turns, M ms each (a multiple of the 20 ms frame), from the start of the measured
+ * window (a member sends only in its group's slices, the warm-up included): each group is the load of one relay, so two
+ * relays on one core are measured in the same second, in turns short enough that whatever
+ * takes the machine for a second takes both alike, and never at once (neither pays for
+ * the other's cache misses). The measured window is then a whole number of turns.
+ * LOADGEN_GROUP_PIDS="pid,pid/pid" names each group's relay processes: their CPU (the
+ * scheduler's sum over each of their tasks' schedstat) is read as each slice of the group
+ * starts and a fifth of a slice after it ends, when what it queued has drained, and
+ * summed. The JSON then has "groups", one object per group with its own counts,
+ * latencies, "active_seconds" (its slices) and "cpu_seconds" (of its slices and their
+ * drains; -1 without pids).
+ *
  * It polls without sleeping, unless LOADGEN_WAIT=sleep: a generator that sleeps is woken
  * by the relay for nearly every packet, and on loopback the relay pays for that wakeup
  * (an inter-processor interrupt), which a relay's receivers across a network never cost
@@ -42,6 +56,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <openssl/evp.h>
 #include <stdint.h>
@@ -58,6 +73,8 @@
 #define BATCH 64
 #define MAX_PACKET 2048
 #define FRAME_NS 20000000LL
+#define MAX_GROUPS 4
+#define MAX_PIDS 16
 
 typedef struct {
     int fd;
@@ -68,6 +85,7 @@ typedef struct {
     uint32_t timestamp;
     uint32_t nonce;
     char mode;
+    int group;
     unsigned char key[32];
     EVP_CIPHER_CTX *open_ctx;
     EVP_CIPHER_CTX *seal_ctx;
@@ -79,13 +97,20 @@ static int channel_size[MAX_MEMBERS];
 static int speakers[MAX_MEMBERS];
 static int speaker_count;
 
-static int64_t *latencies;
-static size_t latency_count, latency_capacity;
-static unsigned long long sent, expected, received, bad;
+typedef struct {
+    int64_t *latencies;
+    size_t latency_count, latency_capacity;
+    unsigned long long sent, expected, received, bad, template_mismatch, dave_trailer;
+    int pids[MAX_PIDS];
+    int pid_count;
+    int64_t cpu_ns, cpu_mark; /* summed over its windows; at the open window's start */
+    int cpu_failed;
+} group_t;
+static group_t groups[MAX_GROUPS];
+static int group_count = 1;
 static int measuring;
 static unsigned char template_payload[MAX_PACKET];
 static int template_len; /* 0: no template, sizes 60-160 */
-static unsigned long long template_mismatch, dave_trailer;
 
 static int64_t now_ns(clockid_t clock) {
     struct timespec ts;
@@ -115,17 +140,18 @@ static int load_members(const char *path) {
             fclose(file);
             return -1;
         }
-        int fd, channel, speaker, end6 = 0, end7 = 0;
+        int fd, channel, speaker, group = 0, end6 = 0, end7 = 0, end8 = 0;
         unsigned long ssrc, counter = 0;
         char mode, hex[80];
-        int fields = sscanf(line, "%d %d %lu %d %c %79s%n %lu%n", &fd, &channel, &ssrc,
-                            &speaker, &mode, hex, &end6, &counter, &end7);
+        int fields = sscanf(line, "%d %d %lu %d %c %79s%n %lu%n %d%n", &fd, &channel, &ssrc,
+                            &speaker, &mode, hex, &end6, &counter, &end7, &group, &end8);
         if (fields == EOF) continue; /* a blank line */
-        const char *rest = line + (fields == 7 ? end7 : end6);
+        const char *rest = line + (fields == 8 ? end8 : fields == 7 ? end7 : end6);
         while (fields >= 6 && (*rest == ' ' || *rest == '\t' || *rest == '\r' || *rest == '\n'))
             rest++;
-        if ((fields != 6 && fields != 7) || *rest || counter > 0xFFFFFFFFUL) {
-            fprintf(stderr, "%s:%d: not \"fd channel ssrc speaker mode hexkey [counter]\"\n",
+        if (fields < 6 || *rest || counter > 0xFFFFFFFFUL || group < 0 || group >= MAX_GROUPS) {
+            fprintf(stderr,
+                    "%s:%d: not \"fd channel ssrc speaker mode hexkey [counter [group]]\"\n",
                     path, number);
             fclose(file);
             return -1;
@@ -143,6 +169,8 @@ static int load_members(const char *path) {
         m->ssrc = (uint32_t)ssrc;
         m->speaker = speaker;
         m->mode = mode;
+        m->group = group;
+        if (group >= group_count) group_count = group + 1;
         m->nonce = (uint32_t)counter;
         m->sequence = (uint16_t)counter;
         m->timestamp = (uint32_t)counter * 960u;
@@ -156,6 +184,21 @@ static int load_members(const char *path) {
         if (speaker) speakers[speaker_count++] = member_count - 1;
     }
     fclose(file);
+    /* The groups' speakers dealt in turn, so that each group's phases spread over the
+     * whole frame as the one group's do (in file order, a group's would share a part of it). */
+    int dealt[MAX_MEMBERS], count = 0, taken[MAX_GROUPS] = {0};
+    while (count < speaker_count) {
+        for (int g = 0; g < group_count; g++) {
+            for (int i = taken[g]; i < speaker_count; i++) {
+                taken[g] = i + 1;
+                if (members[speakers[i]].group == g) {
+                    dealt[count++] = speakers[i];
+                    break;
+                }
+            }
+        }
+    }
+    memcpy(speakers, dealt, sizeof(int) * (size_t)speaker_count);
     return 0;
 }
 
@@ -268,13 +311,58 @@ static int open_packet(member_t *m, const unsigned char *p, int len, unsigned ch
     return sealed;
 }
 
-static void record_latency(int64_t ns) {
-    if (latency_count == latency_capacity) {
-        latency_capacity = latency_capacity ? 2 * latency_capacity : 1 << 16;
-        latencies = realloc(latencies, latency_capacity * sizeof *latencies);
-        if (!latencies) { perror("realloc"); exit(1); }
+static void record_latency(group_t *g, int64_t ns) {
+    if (g->latency_count == g->latency_capacity) {
+        g->latency_capacity = g->latency_capacity ? 2 * g->latency_capacity : 1 << 16;
+        g->latencies = realloc(g->latencies, g->latency_capacity * sizeof *g->latencies);
+        if (!g->latencies) { perror("realloc"); exit(1); }
     }
-    latencies[latency_count++] = ns;
+    g->latencies[g->latency_count++] = ns;
+}
+
+/* The CPU time of a group's relay processes so far, in ns: the scheduler's own sum per
+ * thread, as the bench reads it (exact, and without the hypervisor's steal). */
+static int64_t group_cpu_ns(group_t *g) {
+    int64_t total = 0;
+    for (int i = 0; i < g->pid_count; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/task", g->pids[i]);
+        DIR *tasks = opendir(path);
+        if (!tasks) { g->cpu_failed = 1; continue; }
+        struct dirent *task;
+        while ((task = readdir(tasks))) {
+            if (task->d_name[0] == '.') continue;
+            char stat_path[320];
+            snprintf(stat_path, sizeof stat_path, "/proc/%d/task/%s/schedstat", g->pids[i],
+                     task->d_name);
+            FILE *file = fopen(stat_path, "r");
+            if (!file) continue; /* a thread that ended meanwhile */
+            long long ns;
+            if (fscanf(file, "%lld", &ns) == 1) total += ns;
+            fclose(file);
+        }
+        closedir(tasks);
+    }
+    return total;
+}
+
+static int parse_group_pids(const char *text) {
+    int group = 0;
+    const char *p = text;
+    while (*p) {
+        if (*p == '/') {
+            if (++group >= MAX_GROUPS) return -1;
+            p++;
+            continue;
+        }
+        if (*p == ',') { p++; continue; }
+        char *end;
+        long pid = strtol(p, &end, 10);
+        if (end == p || pid <= 0 || groups[group].pid_count == MAX_PIDS) return -1;
+        groups[group].pids[groups[group].pid_count++] = (int)pid;
+        p = end;
+    }
+    return 0;
 }
 
 static unsigned char buffers[BATCH][MAX_PACKET];
@@ -296,21 +384,23 @@ static void receive(member_t *m) {
             int len = (int)messages[i].msg_len;
             /* IP discovery answers and keep-alives are not RTP; RTCP is not ours. */
             if (len < 12 || (p[0] >> 6) != 2 || (p[1] >= 200 && p[1] <= 204)) continue;
+            group_t *g = &groups[m->group];
             int plain_len = open_packet(m, p, len, plain);
             if (plain_len < 12) {
-                if (measuring) bad++;
+                if (measuring) g->bad++;
                 continue;
             }
             if (!measuring) continue;
-            received++;
+            g->received++;
             if (template_len) {
                 uint32_t stamped, header;
                 memcpy(&stamped, plain + 8, 4); /* host order, as sent */
                 memcpy(&header, p + 8, 4);
                 if (plain_len != template_len || stamped != ntohl(header) ||
                     memcmp(plain + 12, template_payload + 12, (size_t)(template_len - 12)))
-                    template_mismatch++;
-                if (plain[plain_len - 2] == 0xFA && plain[plain_len - 1] == 0xFA) dave_trailer++;
+                    g->template_mismatch++;
+                if (plain[plain_len - 2] == 0xFA && plain[plain_len - 1] == 0xFA)
+                    g->dave_trailer++;
             }
             int64_t sent_ns;
             memcpy(&sent_ns, plain, 8);
@@ -319,7 +409,7 @@ static void receive(member_t *m) {
                 if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_TIMESTAMPNS) {
                     struct timespec arrived;
                     memcpy(&arrived, CMSG_DATA(cmsg), sizeof arrived);
-                    record_latency((int64_t)arrived.tv_sec * 1000000000LL + arrived.tv_nsec -
+                    record_latency(g, (int64_t)arrived.tv_sec * 1000000000LL + arrived.tv_nsec -
                                    sent_ns);
                 }
             }
@@ -333,9 +423,9 @@ static int compare(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static double percentile_ms(double p) {
-    if (!latency_count) return 0;
-    size_t index = (size_t)(p * (double)(latency_count - 1));
+static double percentile_ms(const int64_t *latencies, size_t count, double p) {
+    if (!count) return 0;
+    size_t index = (size_t)(p * (double)(count - 1));
     return (double)latencies[index] / 1e6;
 }
 
@@ -362,6 +452,24 @@ int main(int argc, char **argv) {
     }
     if (load_members(argv[1])) return 1;
     double warmup_s = atof(argv[2]), seconds = atof(argv[3]);
+    const char *slice_text = getenv("LOADGEN_SLICE_MS");
+    int64_t slice_ns = slice_text ? (int64_t)(atof(slice_text) * 1e6) : 0;
+    if (group_count > 1 && slice_ns <= 0) {
+        fprintf(stderr, "members in several groups need LOADGEN_SLICE_MS\n");
+        return 2;
+    }
+    if (group_count == 1) slice_ns = 0;
+    if (slice_ns % FRAME_NS) {
+        /* Else a speaker whose phase falls early in the frame sends once more per slice
+         * than one whose phase falls late, and a group's rate is not its members'. */
+        fprintf(stderr, "LOADGEN_SLICE_MS must be a multiple of the 20 ms frame\n");
+        return 2;
+    }
+    const char *pids_text = getenv("LOADGEN_GROUP_PIDS");
+    if (pids_text && parse_group_pids(pids_text)) {
+        fprintf(stderr, "LOADGEN_GROUP_PIDS takes \"pid,pid/pid\", a list per group\n");
+        return 2;
+    }
     for (int i = 0; i < BATCH; i++) {
         iovecs[i].iov_base = buffers[i];
         iovecs[i].iov_len = MAX_PACKET;
@@ -383,8 +491,24 @@ int main(int argc, char **argv) {
     int64_t start = now_ns(CLOCK_MONOTONIC) + 10000000LL;
     int64_t warmup_end = start + (int64_t)(warmup_s * 1e9);
     int64_t measure_start = warmup_end + 300000000LL;
-    int64_t measure_end = measure_start + (int64_t)(seconds * 1e9);
+    int64_t window_ns = (int64_t)(seconds * 1e9);
+    int64_t turn_ns = slice_ns * group_count; /* every group's slice once */
+    int turns = 1;
+    if (slice_ns) {
+        turns = (int)((window_ns + turn_ns - 1) / turn_ns);
+        if (turns < 1) turns = 1;
+        window_ns = turns * turn_ns;
+    }
+    int64_t measure_end = measure_start + window_ns;
     int64_t drain_end = measure_end + 300000000LL;
+    /* Slice k (of group k mod G) starts at measure_start + k * slice, k negative in the
+     * warm-up: counted from a start a whole number of turns before measure_start. */
+    int64_t slices_origin = measure_start;
+    if (slice_ns) slices_origin -= ((measure_start - start) / turn_ns + 1) * turn_ns;
+    /* A group's CPU is read at each of its slices' start and a fifth of a slice after its
+     * end: the next CPU event of each kind, as a slice index within the measured window. */
+    int64_t drain_ns = slice_ns / 5;
+    int next_open = 0, next_close = 0, slice_total = turns * group_count;
     int64_t step = speaker_count ? FRAME_NS / speaker_count : FRAME_NS;
     long long tick = 0; /* index of the next send over all speakers */
     uint32_t random_state = 7;
@@ -416,14 +540,29 @@ int main(int argc, char **argv) {
             announced = 2;
         }
         measuring = now >= measure_start && now < drain_end;
+        /* With two groups or more a group's close and its next open are a slice apart. */
+        while (slice_ns && next_close < slice_total &&
+               now >= measure_start + (next_close + 1) * slice_ns + drain_ns) {
+            group_t *g = &groups[next_close++ % group_count];
+            if (g->pid_count) g->cpu_ns += group_cpu_ns(g) - g->cpu_mark;
+        }
+        while (slice_ns && next_open < slice_total && now >= measure_start + next_open * slice_ns) {
+            group_t *g = &groups[next_open++ % group_count];
+            if (g->pid_count) g->cpu_mark = group_cpu_ns(g);
+        }
         int sending = now < warmup_end || (now >= measure_start && now < measure_end);
         /* Send everything due, then poll for packets (or sleep until the next send or a
          * packet). */
         while (speaker_count) {
             int64_t due = start + tick * step;
             if (due > now) break;
+            member_t *m = &members[speakers[tick % speaker_count]];
+            if (sending && slice_ns &&
+                ((due - slices_origin) / slice_ns) % group_count != m->group) {
+                tick++;
+                continue;
+            }
             if (sending) {
-                member_t *m = &members[speakers[tick % speaker_count]];
                 random_state = random_state * 1103515245u + 12345u;
                 int size = 60 + (int)((random_state >> 16) % 101);
                 if (template_len) {
@@ -437,8 +576,9 @@ int main(int argc, char **argv) {
                 memcpy(plain + 8, &m->ssrc, 4);
                 int len = seal_packet(m, plain, size, packet);
                 if (send(m->fd, packet, (size_t)len, 0) == len && now >= measure_start) {
-                    sent++;
-                    expected += (unsigned long long)(channel_size[m->channel] - 1);
+                    groups[m->group].sent++;
+                    groups[m->group].expected +=
+                        (unsigned long long)(channel_size[m->channel] - 1);
                 }
             }
             tick++;
@@ -464,13 +604,55 @@ int main(int argc, char **argv) {
             receive(&members[index]);
         }
     }
-    qsort(latencies, latency_count, sizeof *latencies, compare);
+    /* The whole, every group's packets together, and with groups each group alone. */
+    group_t all = {0};
+    for (int i = 0; i < group_count; i++) {
+        group_t *g = &groups[i];
+        qsort(g->latencies, g->latency_count, sizeof *g->latencies, compare);
+        all.sent += g->sent;
+        all.expected += g->expected;
+        all.received += g->received;
+        all.bad += g->bad;
+        all.template_mismatch += g->template_mismatch;
+        all.dave_trailer += g->dave_trailer;
+        all.latency_count += g->latency_count;
+    }
+    all.latencies = malloc((all.latency_count + 1) * sizeof *all.latencies);
+    if (!all.latencies) { perror("malloc"); return 1; }
+    for (int i = 0, at = 0; i < group_count; i++) {
+        memcpy(all.latencies + at, groups[i].latencies,
+               groups[i].latency_count * sizeof *all.latencies);
+        at += (int)groups[i].latency_count;
+    }
+    qsort(all.latencies, all.latency_count, sizeof *all.latencies, compare);
     printf("{\"sent\": %llu, \"expected\": %llu, \"received\": %llu, \"bad\": %llu, "
            "\"latency_samples\": %zu, \"latency_p50_ms\": %.3f, \"latency_p99_ms\": %.3f, "
            "\"latency_max_ms\": %.3f, \"seconds\": %.3f, \"payload_template\": %d, "
-           "\"template_mismatch\": %llu, \"dave_trailer\": %llu, \"busy\": %.3f}\n",
-           sent, expected, received, bad, latency_count, percentile_ms(0.5), percentile_ms(0.99),
-           percentile_ms(1.0), seconds, template_len, template_mismatch, dave_trailer,
+           "\"template_mismatch\": %llu, \"dave_trailer\": %llu, \"busy\": %.3f",
+           all.sent, all.expected, all.received, all.bad, all.latency_count,
+           percentile_ms(all.latencies, all.latency_count, 0.5),
+           percentile_ms(all.latencies, all.latency_count, 0.99),
+           percentile_ms(all.latencies, all.latency_count, 1.0), (double)window_ns / 1e9,
+           template_len, all.template_mismatch, all.dave_trailer,
            1.0 - (double)idle_ns / ((double)(drain_end - measure_start)));
+    if (slice_ns) {
+        printf(", \"slice_ms\": %.3f, \"groups\": [", (double)slice_ns / 1e6);
+        for (int i = 0; i < group_count; i++) {
+            group_t *g = &groups[i];
+            printf("%s{\"sent\": %llu, \"expected\": %llu, \"received\": %llu, "
+                   "\"bad\": %llu, \"latency_samples\": %zu, \"latency_p50_ms\": %.3f, "
+                   "\"latency_p99_ms\": %.3f, \"latency_max_ms\": %.3f, "
+                   "\"template_mismatch\": %llu, \"dave_trailer\": %llu, "
+                   "\"active_seconds\": %.3f, \"cpu_seconds\": %.6f}",
+                   i ? ", " : "", g->sent, g->expected, g->received, g->bad, g->latency_count,
+                   percentile_ms(g->latencies, g->latency_count, 0.5),
+                   percentile_ms(g->latencies, g->latency_count, 0.99),
+                   percentile_ms(g->latencies, g->latency_count, 1.0), g->template_mismatch,
+                   g->dave_trailer, (double)(turns * slice_ns) / 1e9,
+                   g->pid_count && !g->cpu_failed ? (double)g->cpu_ns / 1e9 : -1.0);
+        }
+        printf("]");
+    }
+    printf("}\n");
     return 0;
 }

@@ -8,12 +8,18 @@ import pytest
 
 from voxgate.bench.relay import (
     DAVE_PAYLOAD_SIZE,
+    FRAME_S,
     NOISE_LIMIT,
+    CeilingRelay,
+    Contender,
+    Pool,
     Step,
     _Search,
+    build_ceiling,
     build_loadgen,
     cpu_ratio,
     holds,
+    measure_in_turns,
     median_interval,
     ratio,
     run,
@@ -121,6 +127,35 @@ def _step(loss: float, p50_ms: float) -> Step:
         cpu_ms_per_1000=5.0,
         rss_per_session_kb=50.0,
     )
+
+
+@pytest.mark.timeout(120)
+async def test_relays_measured_in_turns_each_get_their_whole_load_and_their_own_cpu() -> None:
+    loadgen, why = build_loadgen()
+    binary, why_ceiling = build_ceiling()
+    if loadgen is None or binary is None:
+        pytest.skip(why or why_ceiling)
+    pools = [Pool(CeilingRelay([str(binary)], 3, 10, None)) for _ in range(2)]
+    contender = Contender(lambda channels: pools[0])
+    try:
+        steps = await measure_in_turns(pools, [contender, contender], 3, 0.4, loadgen)
+        # In its own slices each relay gets its level's whole rate (two speakers a channel,
+        # nine receivers each), neither more because of where the slices fall in a frame
+        # nor less; and its own CPU, read by the generator over its slices.
+        assert len(steps) == 2
+        for step in steps:
+            assert step.channels == 3
+            assert step.offered_pps == pytest.approx(3 * 2 * 9 / FRAME_S, rel=0.02)
+            assert step.loss == 0.0
+            assert 0 < step.server_cpu < 1
+            assert step.cpu_ms_per_1000 > 0
+        # A later round starts the members' counters above the first's (the pools' nonce
+        # bases), and still loses nothing.
+        again = await measure_in_turns(pools, [contender, contender], 3, 0.4, loadgen)
+        assert [step.loss for step in again] == [0.0, 0.0]
+    finally:
+        for pool in pools:
+            await pool.close()
 
 
 def test_a_level_holds_only_without_loss_and_without_a_standing_queue() -> None:

@@ -759,18 +759,85 @@ async def _drive_with_loadgen(
 ) -> Step:
     """``nonce_base``: where every member's nonce counter (and RTP sequence) starts, the
     members file's optional seventh column; None: at 0."""
+    load = _Load(relay, members, speakers, rss_per_session, nonce_base)
+    figures, cpu, window = await _run_loadgen(loadgen, [load], seconds, template)
+    return _step(figures, load, cpu, window, template)
+
+
+@dataclass
+class _Load:
+    """One relay's share of a run of the C generator: its members and their speakers."""
+
+    relay: Relay
+    members: list[list[Member]]
+    speakers: int
+    rss_per_session: float
+    nonce_base: int | None = None
+
+
+#: The turns of :func:`_drive_in_turns`: each relay's load runs this long, then the next's
+#: (two frames: a slice must be whole frames, and in the same rounds slices of 100 ms
+#: spread twice as wide as these between two nodes of the same code).
+SLICE_MS = 40.0
+
+
+async def _drive_in_turns(
+    loadgen: Path, loads: list[_Load], seconds: float, template: bytes | None
+) -> list[Step]:
+    """One run of the C generator for several relays on one core, their loads taking turns
+    of :data:`SLICE_MS` for ``seconds`` each: a :class:`Step` per relay, its CPU read by the
+    generator over its own turns (each with the drain after it) and its rates over them.
+
+    Relays measured one after the other see different seconds of a shared machine, and on
+    this kind of machine a second differs from the next by a fifth in CPU per packet;
+    measured at once they share a core and each other's cache misses, which costs the
+    larger process more. In turns of two frames, both see the same seconds, one at a time."""
+    figures, _, _ = await _run_loadgen(loadgen, loads, seconds * len(loads), template)
+    steps = []
+    for load, group in zip(loads, figures["groups"], strict=True):
+        if group["cpu_seconds"] < 0:
+            raise RuntimeError("the C load generator could not read a relay's CPU")
+        steps.append(
+            _step(group | {"busy": figures["busy"]}, load, group["cpu_seconds"],
+                  group["active_seconds"], template)
+        )  # fmt: skip
+    return steps
+
+
+async def _run_loadgen(
+    loadgen: Path, loads: list[_Load], seconds: float, template: bytes | None
+) -> tuple[dict[str, Any], float, float]:
+    """Run the C generator once for ``loads`` (in turns when there are several): its JSON
+    figures, the CPU seconds of the only relay over the measured window (0 with several:
+    the generator reads each one's) and that window's seconds."""
     lines = []
     fds = []
-    counter = "" if nonce_base is None else f" {nonce_base & 0xFFFF_FFFF}"
-    for channel, joined in enumerate(members):
-        for index, member in enumerate(joined):
-            fd, ssrc, mode, key = member.hand_over()
-            fds.append(fd)
-            speaker = int(index < speakers)
-            lines.append(
-                f"{fd} {channel} {ssrc} {speaker} {LOADGEN_MODES[mode]} {key.hex()}{counter}"
-            )
-    shares_core = relay.generator_shares_core or (os.cpu_count() or 1) < 2
+    in_turns = len(loads) > 1
+    channel_base = 0
+    for group, load in enumerate(loads):
+        counter = ""
+        if load.nonce_base is not None or in_turns:
+            counter = f" {(load.nonce_base or 0) & 0xFFFF_FFFF}"
+        suffix = f"{counter} {group}" if in_turns else counter
+        for channel, joined in enumerate(load.members):
+            for index, member in enumerate(joined):
+                fd, ssrc, mode, key = member.hand_over()
+                fds.append(fd)
+                speaker = int(index < load.speakers)
+                lines.append(
+                    f"{fd} {channel_base + channel} {ssrc} {speaker} {LOADGEN_MODES[mode]} "
+                    f"{key.hex()}{suffix}"
+                )
+        channel_base += len(load.members)
+    shares_core = any(load.relay.generator_shares_core for load in loads)
+    environment = dict(os.environ)
+    if shares_core or (os.cpu_count() or 1) < 2:
+        environment["LOADGEN_WAIT"] = "sleep"
+    if in_turns:
+        environment["LOADGEN_SLICE_MS"] = str(SLICE_MS)
+        environment["LOADGEN_GROUP_PIDS"] = "/".join(
+            ",".join(map(str, load.relay.processes())) for load in loads
+        )
     members_file = Path(tempfile.mkdtemp(prefix="voxgate-loadgen-")) / "members"
     members_file.write_text("\n".join(lines) + "\n")
     process = await asyncio.create_subprocess_exec(
@@ -781,36 +848,41 @@ async def _drive_with_loadgen(
         *([template.hex()] if template is not None else []),
         pass_fds=fds,
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "LOADGEN_WAIT": "sleep"} if shares_core else None,
+        env=environment,
     )
     assert process.stdout is not None
     cpu_before = cpu_after = 0.0
-    started = ended = 0.0
     figures: dict[str, Any] = {}
     async for raw in process.stdout:
         line = raw.decode().strip()
-        if line == "measure":
-            cpu_before, started = relay.cpu_seconds(), time.monotonic()
-        elif line == "end":
-            cpu_after, ended = relay.cpu_seconds(), time.monotonic()
+        if line == "measure" and not in_turns:
+            cpu_before = loads[0].relay.cpu_seconds()
+        elif line == "end" and not in_turns:
+            cpu_after = loads[0].relay.cpu_seconds()
         elif line.startswith("{"):
             figures = json.loads(line)
     if await process.wait() != 0 or not figures:
         raise RuntimeError(f"the C load generator failed ({process.returncode})")
-    took = float(figures["seconds"])
-    cpu = cpu_after - cpu_before
+    return figures, cpu_after - cpu_before, float(figures["seconds"])
+
+
+def _step(
+    figures: dict[str, Any], load: _Load, cpu: float, took: float, template: bytes | None
+) -> Step:
+    """A :class:`Step` of the generator's figures for one relay: ``cpu`` seconds of it, its
+    packets over ``took`` seconds."""
     received, expected = int(figures["received"]), int(figures["expected"])
     return Step(
-        channels=len(members),
-        members=sum(len(joined) for joined in members),
+        channels=len(load.members),
+        members=sum(len(joined) for joined in load.members),
         offered_pps=round(expected / took),
         forwarded_pps=round(received / took),
         loss=round(max(0.0, 1 - received / expected), 5) if expected else 0.0,
         latency_p50_ms=figures["latency_p50_ms"],
         latency_p99_ms=figures["latency_p99_ms"],
-        server_cpu=round(cpu / max(ended - started, 1e-9), 3),
+        server_cpu=round(cpu / max(took, 1e-9), 3),
         cpu_ms_per_1000=round(cpu * 1000 / max(received / 1000, 1e-9), 3),
-        rss_per_session_kb=round(rss_per_session, 1),
+        rss_per_session_kb=round(load.rss_per_session, 1),
         generator="c",
         payloads_checked=received if template is not None else None,
         template_mismatch=figures["template_mismatch"] if template is not None else None,
@@ -868,6 +940,35 @@ class Contender:
         return await measure(
             relay, level, self.per_channel, self.speakers, self.modes, seconds, loadgen=loadgen
         )
+
+
+async def measure_in_turns(
+    pools: Sequence[Pool], contenders: Sequence[Contender], level: int, seconds: float,
+    loadgen: Path,
+) -> list[Step]:
+    """:meth:`Contender.measure` of each pool at ``level``, all in one run of the C
+    generator, their loads taking turns (:func:`_drive_in_turns`)."""
+    loads = []
+    templates = set()
+    try:
+        for pool, contender in zip(pools, contenders, strict=True):
+            if not set(contender.modes) <= LOADGEN_MODES.keys():
+                raise ValueError(f"the C generator does not speak all of {contender.modes}")
+            rss_before = pool.rss_bytes()
+            members = await pool.join_channels(
+                level, contender.per_channel, contender.modes, Tally()
+            )
+            templates.add(await pool.payload_template(members))
+            loads.append(
+                _Load(pool, members, contender.speakers,
+                      pool.rss_per_session_kb(rss_before, members), pool.nonce_base())
+            )  # fmt: skip
+        if len(templates) != 1:
+            raise ValueError("relays measured in turns send one payload template")
+        return await _drive_in_turns(loadgen, loads, seconds, templates.pop())
+    finally:
+        for load in loads:
+            await load.relay.release(load.members)
 
 
 @dataclass
@@ -1079,12 +1180,14 @@ async def compare_costs(
 
     The rounds are measured in ``blocks``. In each, every contender is one :class:`Pool`,
     up and joined before the block's first step: a step is then the load alone, seconds
-    rather than the half minute of joining a level's members, so the pair alternates many
-    times, each step a few seconds from the other's, and what moved the machine in one
-    round moves both. Each block starts its relays afresh, the contenders in the other
-    order: two nodes of the same code, each measured sixteen times, differed by 5% in CPU
-    per packet (where a process's memory landed, what its tables hash to), and a single
-    pair of processes would carry that into the ratio however many rounds it ran.
+    rather than the half minute of joining a level's members. With the C generator a
+    round is one run of it in which the contenders' loads take turns of :data:`SLICE_MS`
+    (:func:`measure_in_turns`), so every contender's step spans the same seconds of
+    the machine; without it, the contenders' steps follow one another. Each block starts
+    its relays afresh, the contenders in the other order: two nodes of the same code, each
+    measured sixteen times, differed by 5% in CPU per packet (where a process's memory
+    landed, what its tables hash to), and a single pair of processes would carry that into
+    the ratio however many rounds it ran.
     """
     steps: dict[str, list[Step]] = {name: [] for name in contenders}
     names = list(contenders)
@@ -1100,14 +1203,28 @@ async def compare_costs(
                     level, contender.per_channel, contender.modes, Tally()
                 )
             for _ in range(rounds * (block + 1) // blocks - rounds * block // blocks):
-                for name in order:
-                    # A step that does not hold is measured once more, as the search does:
-                    # the CPU per packet of a relay with a standing queue is not that of one
-                    # keeping up.
-                    for _attempt in range(2):
-                        step = await contenders[name].measure(pools[name], level, seconds, loadgen)
-                        if holds(step):
-                            break
+                # A round that does not hold is measured once more, as the search does: the
+                # CPU per packet of a relay with a standing queue is not that of one keeping
+                # up.
+                for _attempt in range(2):
+                    if loadgen is not None and all(
+                        set(contenders[name].modes) <= LOADGEN_MODES.keys() for name in order
+                    ):
+                        measured = await measure_in_turns(
+                            [pools[name] for name in order],
+                            [contenders[name] for name in order],
+                            level,
+                            seconds,
+                            loadgen,
+                        )
+                    else:
+                        measured = [
+                            await contenders[name].measure(pools[name], level, seconds, loadgen)
+                            for name in order
+                        ]
+                    if all(map(holds, measured)):
+                        break
+                for name, step in zip(order, measured, strict=True):
                     steps[name].append(replace(step, block=block + 1))
         finally:
             for pool in pools.values():
