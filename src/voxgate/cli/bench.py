@@ -71,8 +71,9 @@ def relay(
     voxgate and the C relay (and with --bare voxgate's Python path and the bare Python
     relay) are measured in turn, level by level, --rounds times; each ratio is the median of
     its rounds with their spread, and no figure at all when the spread exceeds +-0.05.
-    Then each pair is measured in turn at one load both hold, --cost-rounds times in four
-    blocks, each block a fresh pair of processes with its members joined once; the cpu_
+    Then each pair is measured at one load both hold, --cost-rounds times in four blocks,
+    each block a fresh pair of processes with its members joined once, each round one run
+    of the C generator in which their loads take turns of 40 ms; the cpu_
     ratios compare their CPU per forwarded packet, each the median of its blocks' medians,
     and no figure when those spread wider than +-0.05.
     The nodes run --dave off and their members join without DAVE (the figures are the
