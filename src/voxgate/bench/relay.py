@@ -776,8 +776,8 @@ class _Load:
 
 
 #: The turns of :func:`_drive_in_turns`: each relay's load runs this long, then the next's
-#: (two frames: a slice must be whole frames, and in the same rounds slices of 100 ms
-#: spread twice as wide as these between two nodes of the same code).
+#: (whole frames, or a speaker early in the frame sends once more per slice than one late
+#: in it; two frames, since what moves this machine's CPU per packet changes within 100 ms).
 SLICE_MS = 40.0
 
 
