@@ -84,7 +84,7 @@ static PyObject *s_cipher, *s_replay, *s_rate, *s_muted, *s_channel, *s_forward,
         QR(x[3], x[4], x[9], x[14]);                                            \
     }
 
-static uint32_t le32(const unsigned char *p) {
+static inline uint32_t le32(const unsigned char *p) {
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
@@ -111,24 +111,36 @@ static void hchacha20(const unsigned char key[32], const unsigned char nonce[16]
  * measured seal took 2.6 times AES-GCM's. Here the key setup is 16 words, and a packet up
  * to 128 bytes is three ChaCha20 blocks and at most ten Poly1305 blocks. */
 
-static void store32(unsigned char *p, uint32_t v) {
+static inline void store32(unsigned char *p, uint32_t v) {
     p[0] = (unsigned char)v;
     p[1] = (unsigned char)(v >> 8);
     p[2] = (unsigned char)(v >> 16);
     p[3] = (unsigned char)(v >> 24);
 }
 
-static uint64_t le64(const unsigned char *p) {
+static inline uint64_t le64(const unsigned char *p) {
     return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
 }
 
 /* Four 64-byte key stream blocks, `first` to `first` + 3, into `out`, one block per lane
  * of a 4 x 32-bit vector (SSE2 on x86-64, NEON on arm64: what every compiler of the
  * vector extension makes of it). The nonce is all zeros: XChaCha20's IETF nonce is 4 zero
- * bytes and nonce[16:24], zeros in the rtpsize modes. */
+ * bytes and nonce[16:24], zeros in the rtpsize modes.
+ *
+ * It is built twice, and the import picks the AVX-512VL build where the CPU has it: there
+ * a rotation is one instruction instead of two shifts and an OR, and 32 registers hold the
+ * state (213 instructions against 309). With the transpose below and the XOR a word at a
+ * time, an XChaCha20 seal of 100 bytes went from 640 to 505-545 ns (AES-GCM's: 200). */
 typedef uint32_t u32x4 __attribute__((vector_size(16)));
 
-static void chacha20_blocks(const uint32_t key[8], uint32_t first, unsigned char out[256]) {
+#ifdef __clang__
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define SHUFFLE(a, b, i, j, k, l) __builtin_shuffle(a, b, (u32x4){i, j, k, l})
+#endif
+
+static inline __attribute__((always_inline)) void
+chacha20_blocks_body(const uint32_t key[8], uint32_t first, unsigned char out[256]) {
     u32x4 in[16], x[16];
     static const uint32_t sigma[4] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
     for (int i = 0; i < 4; i++) in[i] = (u32x4){sigma[i], sigma[i], sigma[i], sigma[i]};
@@ -137,11 +149,47 @@ static void chacha20_blocks(const uint32_t key[8], uint32_t first, unsigned char
     in[13] = in[14] = in[15] = (u32x4){0, 0, 0, 0};
     memcpy(x, in, sizeof x);
     CHACHA20_ROUNDS(x);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    /* Lane j of words i..i+3 is 16 bytes of block j: a 4 x 4 transpose, not 64 stores. */
+    for (int i = 0; i < 16; i += 4) {
+        u32x4 a = x[i] + in[i], b = x[i + 1] + in[i + 1];
+        u32x4 c = x[i + 2] + in[i + 2], d = x[i + 3] + in[i + 3];
+        u32x4 ab_low = SHUFFLE(a, b, 0, 4, 1, 5);
+        u32x4 ab_high = SHUFFLE(a, b, 2, 6, 3, 7);
+        u32x4 cd_low = SHUFFLE(c, d, 0, 4, 1, 5);
+        u32x4 cd_high = SHUFFLE(c, d, 2, 6, 3, 7);
+        u32x4 lanes[4] = {
+            SHUFFLE(ab_low, cd_low, 0, 1, 4, 5),
+            SHUFFLE(ab_low, cd_low, 2, 3, 6, 7),
+            SHUFFLE(ab_high, cd_high, 0, 1, 4, 5),
+            SHUFFLE(ab_high, cd_high, 2, 3, 6, 7),
+        };
+        for (int lane = 0; lane < 4; lane++) memcpy(out + 64 * lane + 4 * i, &lanes[lane], 16);
+    }
+#else
     for (int i = 0; i < 16; i++) {
         u32x4 word = x[i] + in[i];
         for (int lane = 0; lane < 4; lane++) store32(out + 64 * lane + 4 * i, word[lane]);
     }
+#endif
 }
+
+static void chacha20_blocks_generic(const uint32_t key[8], uint32_t first,
+                                    unsigned char out[256]) {
+    chacha20_blocks_body(key, first, out);
+}
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_CHACHA_AVX512 1
+__attribute__((target("avx512f,avx512vl"))) static void
+chacha20_blocks_avx512(const uint32_t key[8], uint32_t first, unsigned char out[256]) {
+    chacha20_blocks_body(key, first, out);
+}
+#endif
+
+/* chacha20_blocks_avx512 where the CPU has AVX-512VL (chosen at import), else generic. */
+static void (*chacha20_blocks)(const uint32_t key[8], uint32_t first, unsigned char out[256]) =
+    chacha20_blocks_generic;
 
 /* `out` = `in` XOR the key stream from block 1 on; `stream` holds blocks 0-3 already
  * (block 0 keys Poly1305). */
@@ -150,7 +198,15 @@ static void chacha20_xor(const uint32_t key[8], unsigned char stream[256],
     Py_ssize_t offset = 64; /* into `stream` */
     for (uint32_t next = 4; len > 0; next += 4) {
         Py_ssize_t n = len < 256 - offset ? len : 256 - offset;
-        for (Py_ssize_t i = 0; i < n; i++) out[i] = in[i] ^ stream[offset + i];
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            uint64_t word, pad;
+            memcpy(&word, in + i, 8);
+            memcpy(&pad, stream + offset + i, 8);
+            word ^= pad;
+            memcpy(out + i, &word, 8);
+        }
+        for (; i < n; i++) out[i] = in[i] ^ stream[offset + i];
         in += n;
         out += n;
         len -= n;
@@ -1588,6 +1644,39 @@ static PyTypeObject RelayType = {
 
 /* --- module ------------------------------------------------------------------------------ */
 
+static int chacha20_avx512_supported(void) {
+#ifdef HAVE_CHACHA_AVX512
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+#else
+    return 0;
+#endif
+}
+
+/* _chacha20([name]): which ChaCha20 key stream every XChaCha20 packet uses from now on,
+ * "avx512" or "generic" (the tests run both); the one in use. */
+static PyObject *module_chacha20(PyObject *self, PyObject *args) {
+    (void)self;
+    const char *name = NULL;
+    if (!PyArg_ParseTuple(args, "|s", &name)) return NULL;
+    if (name != NULL) {
+        if (strcmp(name, "generic") == 0) {
+            chacha20_blocks = chacha20_blocks_generic;
+        } else if (strcmp(name, "avx512") == 0 && chacha20_avx512_supported()) {
+#ifdef HAVE_CHACHA_AVX512
+            chacha20_blocks = chacha20_blocks_avx512;
+#endif
+        } else if (strcmp(name, "avx512") == 0) {
+            PyErr_SetString(PyExc_ValueError, "this CPU (or build) has no AVX-512VL");
+            return NULL;
+        } else {
+            PyErr_SetString(PyExc_ValueError, "\"avx512\" or \"generic\"");
+            return NULL;
+        }
+    }
+    return PyUnicode_FromString(chacha20_blocks == chacha20_blocks_generic ? "generic" : "avx512");
+}
+
 /* _aes_gcm([name]): which AES-256-GCM Ciphers set up from now on use, "x86" (AES-NI and
  * PCLMULQDQ, here) or "openssl"; with a name, choose it (the tests run both). */
 static PyObject *module_aes_gcm(PyObject *self, PyObject *args) {
@@ -1617,6 +1706,8 @@ static PyObject *module_aes_gcm(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"_chacha20", module_chacha20, METH_VARARGS,
+     "_chacha20([name]): the ChaCha20 key stream in use, \"avx512\" or \"generic\"."},
     {"_aes_gcm", module_aes_gcm, METH_VARARGS,
      "The AES-256-GCM that Ciphers set up from now on use (\"x86\" or \"openssl\"); "
      "with a name, choose it."},
@@ -1636,6 +1727,9 @@ PyMODINIT_FUNC PyInit__fastpath(void) {
     if (DecryptionError == NULL || PacketError == NULL) return NULL;
 #ifdef HAVE_AES_GCM_X86
     aes_gcm_x86 = aes_gcm_x86_supported();
+#endif
+#ifdef HAVE_CHACHA_AVX512
+    if (chacha20_avx512_supported()) chacha20_blocks = chacha20_blocks_avx512;
 #endif
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
     INTERN(s_cipher, "cipher");

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -43,30 +43,41 @@ AES = EncryptionMode.AEAD_AES256_GCM_RTPSIZE
 XCHACHA = EncryptionMode.AEAD_XCHACHA20_POLY1305_RTPSIZE
 
 
-def _aes_gcm_implementations() -> list[str]:
-    """The extension's AES-256-GCMs this machine runs: its own (AES-NI and PCLMULQDQ)
-    where the CPU has them, and OpenSSL's, the one everywhere else."""
+def _implementations() -> list[tuple[str, str]]:
+    """The extension's (AES-256-GCM, ChaCha20) pairs this machine runs: its fastest (AES-NI
+    and PCLMULQDQ, AVX-512VL) where the CPU has them, and the portable ones every other
+    machine runs (OpenSSL's AES-256-GCM, the generic ChaCha20)."""
     if fastpath.native is None:
-        return ["openssl"]
-    chosen = fastpath.native._aes_gcm()
-    try:
-        fastpath.native._aes_gcm("x86")
-        return ["x86", "openssl"]
-    except ValueError:
-        return ["openssl"]
-    finally:
-        fastpath.native._aes_gcm(chosen)
+        return [("openssl", "generic")]
+
+    def best(choose: Callable[..., str], fastest: str, portable: str) -> str:
+        chosen = choose()
+        try:
+            choose(fastest)
+            return fastest
+        except ValueError:
+            return portable
+        finally:
+            choose(chosen)
+
+    native = fastpath.native
+    fastest = (best(native._aes_gcm, "x86", "openssl"), best(native._chacha20, "avx512", "generic"))
+    return list(dict.fromkeys([fastest, ("openssl", "generic")]))
 
 
-@pytest.fixture(params=_aes_gcm_implementations())
-def aes_gcm(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Ciphers set up during the test use this AES-256-GCM."""
-    chosen = fastpath.native._aes_gcm()
-    fastpath.native._aes_gcm(request.param)
+@pytest.fixture(params=_implementations(), ids="+".join)
+def implementations(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """Ciphers set up during the test use this AES-256-GCM, and every XChaCha20 packet this
+    ChaCha20."""
+    native = fastpath.native
+    chosen = native._aes_gcm(), native._chacha20()
+    native._aes_gcm(request.param[0])
+    native._chacha20(request.param[1])
     try:
         yield request.param
     finally:
-        fastpath.native._aes_gcm(chosen)
+        native._aes_gcm(chosen[0])
+        native._chacha20(chosen[1])
 
 
 def _udp() -> socket.socket:
@@ -214,7 +225,7 @@ PAIRS = list(itertools.product(MODES, MODES))
 )
 def test_both_paths_emit_identical_datagrams(
     monkeypatch: pytest.MonkeyPatch,
-    aes_gcm: str,
+    implementations: tuple[str, str],
     sender_mode: EncryptionMode,
     receiver_mode: EncryptionMode,
     nonces: list[int],
@@ -262,7 +273,7 @@ def test_both_paths_emit_identical_datagrams(
 
 @pytest.mark.parametrize("mode", sorted(fastpath.NATIVE_MODES))
 def test_native_cipher_opens_and_seals_as_the_python_one(
-    mode: EncryptionMode, aes_gcm: str
+    mode: EncryptionMode, implementations: tuple[str, str]
 ) -> None:
     key = os.urandom(32)
     python, native = (
@@ -307,7 +318,7 @@ def test_native_cipher_opens_and_seals_as_the_python_one(
 )
 def test_native_cipher_seals_and_opens_every_length_as_the_python_one(
     mode: EncryptionMode,
-    aes_gcm: str,
+    implementations: tuple[str, str],
     key: bytes,
     nonce: int,
     payload: bytes,

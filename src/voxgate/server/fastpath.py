@@ -117,8 +117,10 @@ def choose(requested: str) -> tuple[str, str]:
             raise RuntimeError(f"the native media path was asked for: {why_python}")
         return "python", why_python
     aes_gcm = "AES-NI" if native._aes_gcm() == "x86" else "OpenSSL"
+    chacha20 = "AVX-512VL" if native._chacha20() == "avx512" else "generic"
     return "native", (
-        f"voxgate._fastpath: recvmmsg, sendmmsg, AES-256-GCM ({aes_gcm}) and XChaCha20 in C"
+        f"voxgate._fastpath: recvmmsg, sendmmsg, AES-256-GCM ({aes_gcm}) and XChaCha20"
+        f" ({chacha20}) in C"
     )
 
 
