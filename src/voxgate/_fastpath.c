@@ -40,7 +40,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #define KIND_AES 0
 #define KIND_XCHACHA 1
@@ -1140,6 +1142,8 @@ typedef struct {
     struct mmsghdr out_msgs[MAX_OUT];
     unsigned char plain[RECV_SIZE];
     unsigned long long packets_in, bytes_in, packets_out, bytes_out, send_errors;
+    Py_ssize_t read; /* datagrams the last pump read */
+    int timer_fd, timer_open; /* the poll timer (arm, timer_fd) */
 } RelayObject;
 
 static PyTypeObject RelayType;
@@ -1235,6 +1239,14 @@ static int Relay_init(RelayObject *self, PyObject *args, PyObject *kwds) {
         self->recv_iov[i].iov_base = self->recv_buffers + (size_t)i * RECV_SIZE;
         self->recv_iov[i].iov_len = RECV_SIZE;
     }
+    if (!self->timer_open) {
+        self->timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (self->timer_fd < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        self->timer_open = 1;
+    }
     return 0;
 }
 
@@ -1249,6 +1261,7 @@ static void Relay_dealloc(RelayObject *self) {
     Py_CLEAR(self->forward);
     PyMem_Free(self->recv_buffers);
     PyMem_Free(self->arena);
+    if (self->timer_open) close(self->timer_fd);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1565,6 +1578,7 @@ static PyObject *Relay_pump(RelayObject *self, PyObject *unused) {
     if (check_generation(self) < 0) return NULL;
     PyObject *handed = NULL;
     int failed = 0;
+    self->read = 0;
     for (int round = 0; round < ROUNDS && !failed; round++) {
         for (int i = 0; i < BATCH; i++) {
             struct msghdr *header = &self->recv_msgs[i].msg_hdr;
@@ -1582,6 +1596,7 @@ static PyObject *Relay_pump(RelayObject *self, PyObject *unused) {
             self->send_errors++;
             continue;
         }
+        self->read += n;
         for (int i = 0; i < n; i++) {
             const unsigned char *p = self->recv_iov[i].iov_base;
             Py_ssize_t len = (Py_ssize_t)self->recv_msgs[i].msg_len;
@@ -1623,12 +1638,53 @@ static PyObject *Relay_sync(RelayObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* arm(seconds): the poll timer fires once, `seconds` from now (a timerfd: to the
+ * microsecond, where the event loop's timers round to milliseconds); arm(0) also clears
+ * a timer that fired. */
+static PyObject *Relay_arm(RelayObject *self, PyObject *arg) {
+    double seconds = PyFloat_AsDouble(arg);
+    if (seconds == -1.0 && PyErr_Occurred()) return NULL;
+    if (!self->timer_open) {
+        PyErr_SetString(PyExc_RuntimeError, "Relay not initialised");
+        return NULL;
+    }
+    uint64_t expirations;
+    while (read(self->timer_fd, &expirations, sizeof expirations) > 0) {
+    }
+    struct itimerspec when = {{0, 0}, {0, 0}};
+    if (seconds > 0) {
+        long long ns = (long long)(seconds * 1e9);
+        when.it_value.tv_sec = (time_t)(ns / 1000000000LL);
+        when.it_value.tv_nsec = (long)(ns % 1000000000LL);
+        if (when.it_value.tv_sec == 0 && when.it_value.tv_nsec == 0) when.it_value.tv_nsec = 1;
+    }
+    if (timerfd_settime(self->timer_fd, 0, &when, NULL) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Relay_timer_fd(RelayObject *self, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(self->timer_open ? self->timer_fd : -1);
+}
+
+static PyGetSetDef Relay_getset[] = {
+    {"timer_fd", (getter)Relay_timer_fd, NULL,
+     "The poll timer's descriptor: readable when an arm()ed timer fires.", NULL},
+    {NULL}};
+
 static PyMethodDef Relay_methods[] = {
+    {"arm", (PyCFunction)Relay_arm, METH_O,
+     "arm(seconds): make timer_fd readable once, seconds from now; arm(0) disarms and clears it."},
     {"pump", (PyCFunction)Relay_pump, METH_NOARGS,
      "Read what the socket holds; relay what can be relayed here, add the counters to the "
      "stats, and return the other datagrams as [(data, (host, port))] (None when none)."},
     {"sync", (PyCFunction)Relay_sync, METH_NOARGS,
      "Add every counter not yet added to the stats and the members' sessions now."},
+    {NULL}};
+
+static PyMemberDef Relay_members[] = {
+    {"read", T_PYSSIZET, offsetof(RelayObject, read), READONLY,
+     "Datagrams the last pump read (relayed or handed back)."},
     {NULL}};
 
 static PyTypeObject RelayType = {
@@ -1640,6 +1696,8 @@ static PyTypeObject RelayType = {
     .tp_init = (initproc)Relay_init,
     .tp_dealloc = (destructor)Relay_dealloc,
     .tp_methods = Relay_methods,
+    .tp_members = Relay_members,
+    .tp_getset = Relay_getset,
 };
 
 /* --- module ------------------------------------------------------------------------------ */

@@ -42,6 +42,7 @@ from voxgate.protocol.crypto import TransportCipher, transport_cipher
 from voxgate.protocol.dave import DaveFrame, build_dave_frame, is_dave_frame
 from voxgate.protocol.errors import PacketError
 from voxgate.protocol.rtp import RtpHeader
+from voxgate.server.config import ServerConfig
 
 BENCH_SOURCES = Path(__file__).resolve().parents[3] / "bench"
 CEILING_SOURCE = BENCH_SOURCES / "ceiling" / "relay.c"
@@ -1344,6 +1345,8 @@ async def run(
     probe = VoxgateRelay.pinned(server_cpu)
     try:
         result["fast_path"] = probe.node.media_path()
+        # The nodes run voxgate serve's default (the C path's tick; server/fastpath.py).
+        result["media_tick_ms"] = ServerConfig.media_tick_ms
     finally:
         probe.stop()
 

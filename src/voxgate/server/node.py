@@ -115,7 +115,10 @@ class VoiceNode:
             raise
         # asyncio's datagram transport, or voxgate._fastpath reading the socket in C.
         transport, _ = await fastpath.open_media(
-            lambda: MediaEndpoint(self.router, self.stats), udp, self.config.media_path
+            lambda: MediaEndpoint(self.router, self.stats),
+            udp,
+            self.config.media_path,
+            self.config.media_tick_ms / 1000,
         )
         self._transport = transport
         self.udp_port = udp.getsockname()[1]
