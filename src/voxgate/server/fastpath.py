@@ -214,7 +214,7 @@ class NativeTransport(asyncio.DatagramTransport):
         loop.add_reader(self.relay.timer_fd, self._tick)
 
     def _readable(self) -> None:
-        if self._pump() and self._tick_s:
+        if self._pump() and self._tick_s and not self._closing:
             self._loop.remove_reader(self._sock.fileno())
             self.relay.arm(self._tick_s)
 
