@@ -1648,9 +1648,8 @@ static PyObject *Relay_arm(RelayObject *self, PyObject *arg) {
         PyErr_SetString(PyExc_RuntimeError, "Relay not initialised");
         return NULL;
     }
-    uint64_t expirations;
-    while (read(self->timer_fd, &expirations, sizeof expirations) > 0) {
-    }
+    uint64_t expirations; /* one read clears a timer that fired (EAGAIN when none did) */
+    (void)!read(self->timer_fd, &expirations, sizeof expirations);
     struct itimerspec when = {{0, 0}, {0, 0}};
     if (seconds > 0) {
         long long ns = (long long)(seconds * 1e9);
@@ -1658,7 +1657,8 @@ static PyObject *Relay_arm(RelayObject *self, PyObject *arg) {
         when.it_value.tv_nsec = (long)(ns % 1000000000LL);
         if (when.it_value.tv_sec == 0 && when.it_value.tv_nsec == 0) when.it_value.tv_nsec = 1;
     }
-    if (timerfd_settime(self->timer_fd, 0, &when, NULL) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    if (timerfd_settime(self->timer_fd, 0, &when, NULL) < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     Py_RETURN_NONE;
 }
 
@@ -1720,13 +1720,17 @@ static PyObject *module_chacha20(PyObject *self, PyObject *args) {
     if (name != NULL) {
         if (strcmp(name, "generic") == 0) {
             chacha20_blocks = chacha20_blocks_generic;
-        } else if (strcmp(name, "avx512") == 0 && chacha20_avx512_supported()) {
-#ifdef HAVE_CHACHA_AVX512
-            chacha20_blocks = chacha20_blocks_avx512;
-#endif
         } else if (strcmp(name, "avx512") == 0) {
-            PyErr_SetString(PyExc_ValueError, "this CPU (or build) has no AVX-512VL");
+#ifdef HAVE_CHACHA_AVX512
+            if (!chacha20_avx512_supported()) {
+                PyErr_SetString(PyExc_ValueError, "this CPU has no AVX-512VL");
+                return NULL;
+            }
+            chacha20_blocks = chacha20_blocks_avx512;
+#else
+            PyErr_SetString(PyExc_ValueError, "built without the AVX-512VL ChaCha20");
             return NULL;
+#endif
         } else {
             PyErr_SetString(PyExc_ValueError, "\"avx512\" or \"generic\"");
             return NULL;

@@ -1355,10 +1355,10 @@ async def run(
     probe = VoxgateRelay.pinned(server_cpu)
     try:
         result["fast_path"] = probe.node.media_path()
-        # The nodes run voxgate serve's default (the C path's tick; server/fastpath.py).
-        result["media_tick_ms"] = ServerConfig.media_tick_ms
     finally:
         probe.stop()
+    # The nodes run voxgate serve's default (the C path's tick; server/fastpath.py).
+    result["media_tick_ms"] = ServerConfig.media_tick_ms
 
     contenders = {"voxgate": Contender(lambda channels: VoxgateRelay.pinned(server_cpu))}
     binary = None

@@ -227,11 +227,10 @@ class NativeTransport(asyncio.DatagramTransport):
         finally:
             # Even after a pump that raised: a node that stopped reading would be lost.
             # Both arm()s also clear the timer that fired, as the loop's reader must see.
-            if not self._closing and read:
-                self.relay.arm(self._tick_s)
-            elif not self._closing:
-                self.relay.arm(0)
-                self._loop.add_reader(self._sock.fileno(), self._readable)
+            if not self._closing:
+                self.relay.arm(self._tick_s if read else 0)
+                if not read:
+                    self._loop.add_reader(self._sock.fileno(), self._readable)
 
     def _pump(self) -> int:
         """One ``Relay.pump``, what it hands back given to Python; the datagrams it read."""
@@ -240,7 +239,7 @@ class NativeTransport(asyncio.DatagramTransport):
             received = self._endpoint.datagram_received
             for data, addr in handed:
                 received(data, addr)
-        return int(self.relay.read) if self.relay is not None else 0
+        return self.relay.read if self.relay is not None else 0
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closing:
