@@ -8,6 +8,13 @@ import socket
 import pytest
 
 from voxgate.protocol import discovery
+from voxgate.protocol.messages import (
+    Identify,
+    Ready,
+    SelectProtocol,
+    SelectProtocolData,
+    SessionDescription,
+)
 from voxgate.protocol.opcodes import EncryptionMode
 from voxgate.protocol.rtp import RtpHeader, build_keepalive
 from voxgate.server.auth import TokenAuthority
@@ -105,6 +112,72 @@ async def test_discovery_for_an_unidentified_ssrc_gets_no_answer(call) -> None:
         await _recv(stranger)
     assert node.stats.dropped["discovery_refused"] == 1
     stranger.close()
+
+
+async def _identified(start_node, peers, authority: TokenAuthority):
+    """A node and a peer that got Ready and opened its UDP socket, and selected nothing."""
+    node = await start_node()
+    peer = peers(node)
+    token, grant = authority.mint("g", "c", "carol")
+    await peer.open()
+    await peer.send(
+        Identify(server_id="g", user_id="carol", session_id=grant.session_id, token=token)
+    )
+    peer.ready = await peer.expect(Ready)
+    peer.udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: peer.datagrams, remote_addr=("127.0.0.1", peer.ready.port)
+    )
+    return node, peer
+
+
+async def _repeats_after(peer, seconds: float) -> int:
+    await asyncio.sleep(seconds)
+    return peer.datagrams.discovery_repeats
+
+
+async def test_discovery_is_answered_again_until_select_protocol(
+    start_node, peers, authority
+) -> None:
+    # discord.py asks once; with voice receive its reader can drop an answer that comes
+    # before its listener does. The same answer must come again while nothing is selected.
+    node, peer = await _identified(start_node, peers, authority)
+    first = await peer.discover()
+    async with asyncio.timeout(5):
+        while peer.datagrams.discovery_repeats < 2:
+            await asyncio.sleep(0.02)
+    assert node.stats.discovery_answered == 1
+    assert node.stats.discovery_repeated >= 2
+    # The repeat is the answer itself, so a client that missed the first can use it.
+    peer.datagrams.discovery_wanted = True
+    again = discovery.parse(await asyncio.wait_for(peer.datagrams.queue.get(), 5))
+    assert again == first
+
+
+async def test_discovery_is_not_repeated_after_select_protocol(
+    start_node, peers, authority
+) -> None:
+    node, peer = await _identified(start_node, peers, authority)
+    answer = await peer.discover()
+    await peer.send(
+        SelectProtocol(
+            protocol="udp",
+            data=SelectProtocolData(address=answer.address, port=answer.port, mode=AES),
+        )
+    )
+    await peer.expect(SessionDescription)
+    assert await _repeats_after(peer, 1.0) == 0
+    assert node.stats.discovery_repeated == 0
+
+
+async def test_discovery_is_not_repeated_for_a_session_that_left(
+    start_node, peers, authority
+) -> None:
+    node, peer = await _identified(start_node, peers, authority)
+    await peer.discover()
+    await peer.ws.close()
+    await peer.closed()
+    assert await _repeats_after(peer, 1.0) == 0
+    assert node.stats.discovery_repeated == 0
 
 
 @pytest.mark.parametrize(

@@ -162,6 +162,10 @@ class _NodeCollector(Collector):
             ("rtcp_in", "RTCP packets received (terminated, not forwarded)"),
             ("keepalives_in", "UDP keep-alives received"),
             ("discovery_answered", "IP discovery requests answered"),
+            (
+                "discovery_repeated",
+                "IP discovery answers sent again while no Select Protocol came",
+            ),
             ("send_errors", "Errors reported by the media socket"),
             (
                 "dave_frames_withheld",

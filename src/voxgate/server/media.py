@@ -10,6 +10,9 @@ A datagram is one of four things, told apart by length and first bytes (PROTOCOL
   ssrc of an identified session, with a reply exactly as long as the request (no
   amplification). The first request sets the session's address; after that only packets
   that authenticate can move it, so a spoofed request cannot redirect anyone's audio.
+  Until the session selects a protocol the answer is sent again a few times
+  (:data:`DISCOVERY_REPEATS_S`): a client that never asks twice is otherwise stranded by
+  one lost answer.
 - **Keep-alive** (discord.js's 8 bytes every 5 s): counted and dropped.
 - **RTCP**: terminated here, counted and not forwarded. A receiver report describes the
   leg between the server and the receiver, which the sender neither sees nor controls, and
@@ -40,6 +43,15 @@ log = logging.getLogger(__name__)
 _DISCOVERY_SIZE = discovery.SIZE
 _KEEPALIVE_SIZE = 8
 
+# Seconds after an answer to send it again while the session has not selected a protocol.
+# discord.py asks once and waits forever; worse, with voice receive (discord-ext-voice-recv)
+# its socket reader already runs when it sends the request, and it registers the listener
+# for the answer only after sending, so an answer over loopback can arrive first and be
+# dropped. Each repeat is the request's size and a new request for the ssrc replaces the
+# chain, so what a spoofed request can reflect stays under 100 bytes a second per session
+# that is identified and has not selected a protocol.
+DISCOVERY_REPEATS_S = (0.25, 0.5, 1.0, 2.0)
+
 
 class MediaEndpoint(asyncio.DatagramProtocol):
     """The asyncio protocol of the node's UDP socket."""
@@ -48,11 +60,19 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         self.router = router
         self.stats = stats
         self.transport: asyncio.DatagramTransport | None = None
+        # The pending repeat of each ssrc's last discovery answer.
+        self._repeats: dict[int, asyncio.TimerHandle] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # asyncio's selector transport does not subclass DatagramTransport, uvloop's does.
         self.transport = cast(asyncio.DatagramTransport, transport)
         self.router.sendto = self.transport.sendto
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for handle in self._repeats.values():
+            handle.cancel()
+        self._repeats.clear()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a receiver that went away surfaces here, not in sendto.
@@ -139,3 +159,40 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         if self.transport is not None:
             self.transport.sendto(response, addr)
             self.stats.discovery_answered += 1
+            pending = self._repeats.pop(request.ssrc, None)
+            if pending is not None:
+                pending.cancel()
+            if not session.described:
+                self._schedule_repeat(session, response, addr, 0)
+
+    def _schedule_repeat(
+        self, session: VoiceSession, response: bytes, addr: tuple[str, int], index: int
+    ) -> None:
+        if index >= len(DISCOVERY_REPEATS_S):
+            return
+        self._repeats[session.ssrc] = asyncio.get_running_loop().call_later(
+            DISCOVERY_REPEATS_S[index],
+            self._repeat_discovery,
+            session,
+            response,
+            addr,
+            index,
+        )
+
+    def _repeat_discovery(
+        self, session: VoiceSession, response: bytes, addr: tuple[str, int], index: int
+    ) -> None:
+        ssrc = session.ssrc
+        del self._repeats[ssrc]
+        # A session that selected a protocol has its answer; one that went away, or whose
+        # ssrc now belongs to another session, must not be answered for.
+        if (
+            self.transport is None
+            or session.described
+            or session.closed
+            or self.router.by_ssrc.get(ssrc) is not session
+        ):
+            return
+        self.transport.sendto(response, addr)
+        self.stats.discovery_repeated += 1
+        self._schedule_repeat(session, response, addr, index + 1)

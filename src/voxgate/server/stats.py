@@ -31,6 +31,7 @@ class NodeStats:
         "bytes_out",
         "dave_frames_withheld",
         "discovery_answered",
+        "discovery_repeated",
         "dropped",
         "keepalives_in",
         "packets_in",
@@ -47,6 +48,7 @@ class NodeStats:
         self.rtcp_in = 0
         self.keepalives_in = 0
         self.discovery_answered = 0
+        self.discovery_repeated = 0
         self.send_errors = 0
         # DAVE frames not sent to a member without DAVE, one per such receiver (a downgrade).
         self.dave_frames_withheld = 0
