@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -67,6 +68,47 @@ def test_window_never_accepts_a_counter_twice(counters: list[int]) -> None:
 def test_in_window_reordering_loses_nothing(order: list[int]) -> None:
     window = ReplayWindow(size=256)
     assert all(window.accept(n) for n in order)
+
+
+def _reference_window(counters: list[int], size: int, bits: int) -> list[bool]:
+    """What an anti-replay window answers, from the set of accepted counters it covers."""
+    mask, half = (1 << bits) - 1, 1 << (bits - 1)
+    highest: int | None = None
+    accepted: set[int] = set()
+    answers = []
+    for counter in counters:
+        if highest is None or 0 < (counter - highest) & mask < half:
+            highest, answer = counter, True
+        else:
+            answer = (highest - counter) & mask < size and counter not in accepted
+        if answer:
+            accepted.add(counter)
+        accepted = {seen for seen in accepted if (highest - seen) & mask < size}
+        answers.append(answer)
+    return answers
+
+
+@given(st.lists(st.integers(0, 255), max_size=400), st.sampled_from([1, 4, 16, 64]))
+def test_window_answers_as_the_set_of_counters_it_covers(counters: list[int], size: int) -> None:
+    # 8-bit counters wrap often, so the ring's slots are reused across wraps and jumps.
+    window = ReplayWindow(size=size, bits=8)
+    assert [window.accept(n) for n in counters] == _reference_window(counters, size, 8)
+
+
+def test_a_late_counter_is_new_though_its_slot_held_it_a_wrap_ago() -> None:
+    # Counter 5 is accepted, then the sender goes once round the 8-bit counter space losing
+    # every counter of 5's slot; when 5 comes again late it is a new packet, not a replay.
+    window = ReplayWindow(size=16, bits=8)
+    assert window.accept(5)
+    assert all(window.accept(n & 0xFF) for n in range(6, 256 + 7) if n % 16 != 5)
+    assert window.accept(5)
+    assert not window.accept(5)
+
+
+def test_window_size_must_be_a_power_of_two_within_the_counter() -> None:
+    for size in (0, 3, 1000, 512):
+        with pytest.raises(ValueError, match="power of two"):
+            ReplayWindow(size=size, bits=8)
 
 
 def test_suffix_mode_has_no_window_and_legacy_mode_windows_the_sequence() -> None:
