@@ -30,7 +30,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from voxgate.protocol.crypto import Aes256GcmRtpsize, XChaCha20Poly1305Rtpsize
+from voxgate.protocol.crypto import Aes256GcmRtpsize, TransportCipher, XChaCha20Poly1305Rtpsize
 from voxgate.protocol.opcodes import EncryptionMode
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ if native is not None:
     class NativeAes256GcmRtpsize(native.Cipher, Aes256GcmRtpsize):  # type: ignore[misc,name-defined]
         """:class:`Aes256GcmRtpsize` whose ``open_split``, ``seal_split`` and nonce are C's."""
 
+        # Python's inline seal would bypass C's seal_split; call it for each receiver.
+        seal_each = staticmethod(TransportCipher.seal_each)
+
         def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
             super().__init__(secret_key, nonce=nonce)
             self._native_setup(_AES, self.secret_key)
@@ -94,6 +97,8 @@ if native is not None:
     class NativeXChaCha20Poly1305Rtpsize(native.Cipher, XChaCha20Poly1305Rtpsize):  # type: ignore[misc,name-defined]
         """:class:`XChaCha20Poly1305Rtpsize` whose ``open_split``, ``seal_split`` and nonce
         are C's (HChaCha20 + OpenSSL's ChaCha20-Poly1305)."""
+
+        seal_each = staticmethod(TransportCipher.seal_each)
 
         def __init__(self, secret_key: bytes, *, nonce: int = 0) -> None:
             super().__init__(secret_key, nonce=nonce)

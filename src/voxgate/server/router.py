@@ -26,7 +26,7 @@ from collections.abc import Callable
 from time import monotonic
 
 from voxgate.protocol import mls
-from voxgate.protocol.crypto import reframe, transport_cipher
+from voxgate.protocol.crypto import Address, SendTo, TransportCipher, reframe, transport_cipher
 from voxgate.protocol.dave import is_dave_frame
 from voxgate.protocol.messages import (
     ClientDisconnect,
@@ -65,7 +65,6 @@ from voxgate.server.stats import NodeStats
 
 log = logging.getLogger(__name__)
 
-SendTo = Callable[[bytes, tuple[str, int]], None]
 #: How far a new member's Session Description trails the announcement of its ssrc.
 DESCRIPTION_LEAD_S = 0.05
 #: Seconds between additions of the members' own counters (``packets_in``, ``packets_out``)
@@ -74,7 +73,8 @@ DESCRIPTION_LEAD_S = 0.05
 #: their readers (the console's rates) call :meth:`Router.sync_counters` first.
 MEMBER_COUNTERS_S = 0.25
 ChannelKey = tuple[str, str]
-Seal = Callable[[bytes, bytes], bytes]
+#: A cipher class's :meth:`TransportCipher.seal_each`.
+SealEach = Callable[[list[tuple[TransportCipher, Address]], bytes, bytes, SendTo], None]
 
 
 Forward = Callable[[VoiceSession, bytes, bytes, bool], None]
@@ -99,9 +99,10 @@ class Channel:
 
 class Route:
     """Where one sender's packets go, as :meth:`Router.forward` finds it: every other
-    member with a cipher and an address, split by framing, each as its cipher's
-    ``seal_split`` and its address. Made at the sender's first packet and kept until
-    :meth:`Router.routes_changed`, so the per-receiver loop is a seal and a ``sendto``.
+    member with a cipher and an address, split by framing and grouped by cipher class,
+    each group its class's ``seal_each`` and the ``(cipher, address)`` of its members.
+    Made at the sender's first packet and kept until :meth:`Router.routes_changed`, so a
+    packet costs one ``seal_each`` call per mode among its receivers.
 
     It also holds the members' counters back: ``pending`` packets of the sender went to
     every one of ``receivers``, not yet added to their sessions (:meth:`add_counters`).
@@ -114,21 +115,29 @@ class Route:
         #: The list it was made from: the channel's members, or its ``dave_receivers``.
         self.members = members
         self.receivers: list[VoiceSession] = []
-        #: (seal_split, address) of the receivers in an ``_rtpsize`` mode, and of the others.
-        self.rtpsize: list[tuple[Seal, tuple[str, int]]] = []
-        self.legacy: list[tuple[Seal, tuple[str, int]]] = []
+        #: (seal_each, [(cipher, address), ...]) of the receivers in an ``_rtpsize`` mode,
+        #: and of the others.
+        self.rtpsize: list[tuple[SealEach, list[tuple[TransportCipher, Address]]]] = []
+        self.legacy: list[tuple[SealEach, list[tuple[TransportCipher, Address]]]] = []
         #: What the receivers' modes add to a packet, summed: the bytes sent are
         #: ``len(receivers) * (len(clear) + len(plaintext)) + overhead`` in either framing.
         self.overhead = 0
         self.pending = 0
+        # Classes of both framings can share a seal_each (the generic one): the key is both.
+        groups: dict[tuple[SealEach, bool], list[tuple[TransportCipher, Address]]] = {}
         for receiver in members:
             cipher = receiver.cipher
             address = receiver.address
             if receiver is sender or cipher is None or address is None:
                 continue
             self.receivers.append(receiver)
-            framing = self.rtpsize if cipher.rtpsize else self.legacy
-            framing.append((cipher.seal_split, address))
+            key = (cipher.seal_each, cipher.rtpsize)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = []
+                framing = self.rtpsize if cipher.rtpsize else self.legacy
+                framing.append((cipher.seal_each, group))
+            group.append((cipher, address))
             self.overhead += cipher.overhead
 
     def add_counters(self) -> None:
@@ -665,12 +674,12 @@ class Router:
         else:
             same, other = route.legacy, route.rtpsize
         sendto = self.sendto
-        for seal, address in same:
-            sendto(seal(clear, plaintext), address)
+        for seal_each, receivers_of_mode in same:
+            seal_each(receivers_of_mode, clear, plaintext, sendto)
         if other:
             clear, plaintext = reframe(clear, plaintext, to_rtpsize=not rtpsize)
-            for seal, address in other:
-                sendto(seal(clear, plaintext), address)
+            for seal_each, receivers_of_mode in other:
+                seal_each(receivers_of_mode, clear, plaintext, sendto)
         stats = self.stats
         sent = len(route.receivers)
         stats.packets_out += sent
