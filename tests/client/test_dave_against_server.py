@@ -75,3 +75,34 @@ async def test_a_padded_dave_frame_is_opened_once_its_padding_is_removed(
         heard.close()
         assert heard.opus_of(alice) == [opus] * 3
         assert listener.dave.frames_decrypted == 3
+
+
+async def test_dave_frames_that_come_before_their_speaking_are_opened_when_it_comes(
+    voxgate_server, ids
+) -> None:
+    # Speaking (op 5) names an ssrc over the WebSocket, the frames come over UDP: on a busy
+    # machine the first frames can come first, and no key opens them until the name does.
+    guild, channel, alice, bob = ids(), ids(), ids(), ids()
+    listener = await _connect(voxgate_server, guild, channel, bob)
+    speaker = await _connect(voxgate_server, guild, channel, alice)
+    async with listener, speaker:
+        assert await speaker.until_encrypted() and await listener.until_encrypted()
+        heard = AudioReceiver(listener, decode=False)
+        listener.gateway.users_by_ssrc.pop(speaker.ssrc, None)  # not named yet
+        opus = bytes(range(1, 61))
+        for sequence in range(3):
+            frame = speaker.dave.encrypt(opus)
+            assert frame is not None and is_dave_frame(frame)
+            header = struct.pack(">BBHII", 0x80, 0x78, sequence, sequence * 960, speaker.ssrc)
+            assert speaker._cipher is not None and speaker.media_transport is not None
+            speaker.media_transport.sendto(speaker._cipher.seal(header, frame))
+        async with asyncio.timeout(5):
+            while listener.packets_received < 3:
+                await asyncio.sleep(0.01)
+        assert heard.opus_of(alice) == []
+        await speaker.set_speaking(True)
+        async with asyncio.timeout(5):
+            while len(heard.opus_of(alice)) < 3:
+                await asyncio.sleep(0.01)
+        heard.close()
+        assert heard.opus_of(alice) == [opus] * 3

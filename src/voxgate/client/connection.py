@@ -62,6 +62,11 @@ KEEPALIVE_INTERVAL_S = 5.0
 #: :meth:`VoiceConnection._hold`: its op 22 comes once every member processed the commit.
 MAX_HELD_FRAMES = 10
 DISCOVERY_TIMEOUT_S = 2.0
+# DAVE frames of an ssrc no Speaking has named yet, held until one does: a second of audio
+# for each of a few ssrcs. Speaking comes over the WebSocket and the first frames it names
+# over UDP, so on a busy machine the frames can come first, and no key opens them then.
+MAX_UNNAMED_FRAMES = 50
+MAX_UNNAMED_SSRCS = 8
 DISCOVERY_ATTEMPTS = 3
 #: How long to keep trying to get the session back (resume, then a new session) before
 #: giving up; the delay between tries doubles from 0.25 s up to RECONNECT_MAX_DELAY_S.
@@ -231,6 +236,7 @@ class VoiceConnection:
         #: Heartbeat round trips (seconds), the most recent last.
         self.latencies: deque[float] = deque(maxlen=20)
         self._heartbeat_sent: tuple[int, float] | None = None
+        self._unnamed: dict[int, list[tuple[bytes, bytes]]] = {}
 
     # --- joining -------------------------------------------------------------------------
 
@@ -595,6 +601,12 @@ class VoiceConnection:
                 for frame in self.gateway.frames_to_send():
                     await self._send(frame)  # DAVE's answers, before anything else happens
                 await self._handle(server_message, replayed)
+                if (
+                    self._unnamed
+                    and isinstance(server_message, Speaking)
+                    and isinstance(server_message.ssrc, int)
+                ):
+                    self._named(server_message.ssrc)
                 if self._held and self.gateway.dave.awaiting_execute is None:
                     self._flush_held()  # op 22: the new key is everyone's now
                 if self.gateway.dave.ready:
@@ -711,13 +723,32 @@ class VoiceConnection:
         ssrc = int.from_bytes(header[8:12], "big")
         for listener in self._wire_listeners:
             listener(ssrc, header, payload)
-        if not self._listeners:
-            return
+        if self._listeners:
+            self._deliver(ssrc, header, payload)
+
+    def _deliver(self, ssrc: int, header: bytes, payload: bytes) -> None:
         dave = self.gateway.dave
         if dave.enabled:
-            opened = dave.decrypt(self.gateway.users_by_ssrc.get(ssrc), payload)
+            user = self.gateway.users_by_ssrc.get(ssrc)
+            opened = dave.decrypt(user, payload)
             if opened is None:
+                if user is None:
+                    self._hold_unnamed(ssrc, header, payload)
                 return
             payload = opened
         for listener in self._listeners:
             listener(ssrc, header, payload)
+
+    def _hold_unnamed(self, ssrc: int, header: bytes, payload: bytes) -> None:
+        held = self._unnamed.get(ssrc)
+        if held is None:
+            if len(self._unnamed) >= MAX_UNNAMED_SSRCS:
+                return
+            held = self._unnamed[ssrc] = []
+        if len(held) < MAX_UNNAMED_FRAMES:
+            held.append((header, payload))
+
+    def _named(self, ssrc: int) -> None:
+        """A Speaking named ``ssrc``'s user: open the frames that came before it."""
+        for header, payload in self._unnamed.pop(ssrc, ()):
+            self._deliver(ssrc, header, payload)
