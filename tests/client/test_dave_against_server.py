@@ -22,6 +22,13 @@ async def _connect(server, guild: str, channel: str, user: str, **kwargs) -> Voi
     )
 
 
+def _send_frame(speaker: VoiceConnection, first: int, sequence: int, frame: bytes) -> None:
+    """One RTP packet of ``speaker`` around ``frame``, its first header byte ``first``."""
+    header = struct.pack(">BBHII", first, 0x78, sequence, sequence * 960, speaker.ssrc)
+    assert speaker._cipher is not None and speaker.media_transport is not None
+    speaker.media_transport.sendto(speaker._cipher.seal(header, frame))
+
+
 async def test_4017_is_fatal_and_says_that_dave_is_required(start_voxgate, ids) -> None:
     server = start_voxgate("--dave", "required")
     guild, channel = ids(), ids()
@@ -66,9 +73,7 @@ async def test_a_padded_dave_frame_is_opened_once_its_padding_is_removed(
         for sequence, frame in enumerate(frames):
             assert frame is not None
             padding = bytes(sequence) + bytes([sequence + 1])  # 1, 2 and 3 bytes
-            header = struct.pack(">BBHII", 0xA0, 0x78, sequence, sequence * 960, speaker.ssrc)
-            assert speaker._cipher is not None and speaker.media_transport is not None
-            speaker.media_transport.sendto(speaker._cipher.seal(header, frame + padding))
+            _send_frame(speaker, 0xA0, sequence, frame + padding)
         async with asyncio.timeout(5):
             while len(heard.opus_of(alice)) < 3:
                 await asyncio.sleep(0.01)
@@ -93,9 +98,7 @@ async def test_dave_frames_that_come_before_their_speaking_are_opened_when_it_co
         for sequence in range(3):
             frame = speaker.dave.encrypt(opus)
             assert frame is not None and is_dave_frame(frame)
-            header = struct.pack(">BBHII", 0x80, 0x78, sequence, sequence * 960, speaker.ssrc)
-            assert speaker._cipher is not None and speaker.media_transport is not None
-            speaker.media_transport.sendto(speaker._cipher.seal(header, frame))
+            _send_frame(speaker, 0x80, sequence, frame)
         async with asyncio.timeout(5):
             while listener.packets_received < 3:
                 await asyncio.sleep(0.01)

@@ -158,9 +158,9 @@ class TransportCipher(abc.ABC):
         """:meth:`seal_split` for each ``(cipher, address)`` of ``receivers``, every cipher
         of the class this is read from, each datagram handed to ``sendto``.
 
-        A relay calls it once per packet for each mode among a channel's receivers. The
-        AEAD modes' versions seal inline, without a Python call per receiver, which cost
-        as much as the cipher did.
+        A relay calls it once per packet for each mode among a channel's receivers.
+        AES-GCM's seals inline, without a Python call per receiver, which cost as much as
+        its cipher did; XChaCha20's own seal is a Python call anyway.
         """
         for cipher, address in receivers:
             sendto(cipher.seal_split(clear, plaintext), address)
@@ -287,22 +287,6 @@ class XChaCha20Poly1305Rtpsize(TransportCipher):
         nonce = counter.to_bytes(4, "big")
         sealed = buffer.xchacha_seal(plaintext, clear, nonce + _ZEROS_20, self.secret_key)
         return clear + sealed + nonce
-
-    @staticmethod
-    def seal_each(
-        receivers: Sequence[tuple[Any, Address]], clear: bytes, plaintext: bytes, sendto: SendTo
-    ) -> None:
-        # seal_split's body once per receiver, as in Aes256GcmRtpsize.seal_each.
-        for cipher, address in receivers:
-            buffer = cipher._buffer
-            if buffer is None:
-                sendto(cipher._seal(clear, plaintext), address)
-                continue
-            counter = cipher.nonce
-            cipher.nonce = (counter + 1) & 0xFFFF_FFFF
-            nonce = counter.to_bytes(4, "big")
-            sealed = buffer.xchacha_seal(plaintext, clear, nonce + _ZEROS_20, cipher.secret_key)
-            sendto(clear + sealed + nonce, address)
 
     def open_split(self, packet: bytes) -> tuple[bytes, bytes]:
         # The relay's per-incoming call, inlined as Aes256GcmRtpsize.open_split is.
