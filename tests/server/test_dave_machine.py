@@ -195,6 +195,54 @@ def test_non_creator_wins_the_join_commit(call, peer) -> None:
     _assert_call(call)
 
 
+def test_the_welcome_waits_until_the_members_have_read_the_commit(call, peer) -> None:
+    # A joiner encrypts to the new epoch once it has read its Welcome, and davey (discord.js,
+    # discord.py, py-cord) drops the frames of a sender it has no key for: a member still
+    # reading the commit would lose the joiner's first words.
+    a, b = peer(), peer()
+    call.join(a)
+    call.join(b)
+    _settle(call)
+    c = peer()
+    call.hold(a.user_id)
+    call.hold(c.user_id)
+    call.join(c)  # its key package reaches the server, b commits the Add
+    call.hold_replies(c.user_id)
+    assert not [m for m in call.inbound[c.user_id] if isinstance(m, MlsWelcome)]
+    call.held.discard(a.user_id)  # a reads op 29 and answers op 23
+    call.pump()
+    assert [m for m in call.inbound[c.user_id] if isinstance(m, MlsWelcome)]
+    call.held.discard(c.user_id)  # c reads its Welcome; its op 23 still on the way
+    call.pump()
+    assert call.group.transitions and not _received(a, DaveExecuteTransition)[1:]
+    opus = b"\xfc\xff\xfe first words"
+    frame = c.encrypt(opus)
+    assert a.decrypt(c.user_id, frame) == opus and b.decrypt(c.user_id, frame) == opus
+    call.release(c.user_id)
+    _settle(call)
+    _assert_call(call)
+
+
+def test_a_member_that_never_reads_the_commit_delays_the_welcome_to_the_ready_timeout(
+    call, peer
+) -> None:
+    a, b = peer(), peer()
+    call.join(a)
+    call.join(b)
+    _settle(call)
+    call.hold(a.user_id)
+    c = peer()
+    call.join(c)
+    assert not _received(c, MlsWelcome)
+    call.advance(READY_TIMEOUT_S + 0.1)
+    # The Welcome, then op 22, in that order; what else goes to c keeps its place after.
+    kinds = [type(m) for m in c.inbox]
+    assert kinds.index(MlsWelcome) < kinds.index(DaveExecuteTransition)
+    call.release(a.user_id)
+    _settle(call)
+    _assert_call(call)
+
+
 # --- §4.4: leaving -------------------------------------------------------------------
 
 

@@ -238,6 +238,8 @@ class Transition:
     participants: set[str]
     awaiting: set[str]
     deadline: float
+    #: Joiners whose Welcome waits until the members told of the commit have sent op 23.
+    welcoming: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -286,6 +288,8 @@ class DaveGroup:
         #: The id op 24 announced for an upgrade, used by the commit that re-creates the group.
         self._upgrade_transition: int | None = None
         self._out: list[Output] = []
+        #: What goes to a joiner from its Welcome on, held until its transition welcomes it.
+        self._held: dict[str, list[Message]] = {}
 
     # --- what the router reads -------------------------------------------------------
 
@@ -420,6 +424,7 @@ class DaveGroup:
         member = self.members.pop(user_id, None)
         if member is None:
             return
+        self._held.pop(user_id, None)
         self._forget_in_transitions(user_id)
         if member.state is MemberState.LEGACY:
             if self.state is GroupState.DOWNGRADED and not any(
@@ -772,14 +777,21 @@ class DaveGroup:
                 self._send(member, announce)
                 recipients.add(member.user_id)
         assert welcome is not None or not added
+        # A joiner encrypts to the new epoch as soon as it has read its Welcome, and a
+        # member drops the frames of a sender it has no key for (@discordjs/voice does):
+        # so the Welcome waits until the members have read the commit (their op 23), as
+        # a slow link to the joiner would make it, and never past the ready timeout.
+        welcoming = {joiner.user_id for joiner in added} if recipients else set()
         for joiner in added:
             _move(joiner, MemberState.MEMBER)
             # Their key packages are used up (WP:206).
             joiner.key_package, joiner.add = None, None
+            if welcoming:
+                self._held.setdefault(joiner.user_id, [])
             self._send(joiner, MlsWelcome(transition_id=transition_id, welcome=welcome.raw))  # type: ignore[union-attr]
             recipients.add(joiner.user_id)
         self.transitions[transition_id] = Transition(
-            transition_id, 1, set(recipients), set(recipients), now + READY_TIMEOUT_S
+            transition_id, 1, set(recipients), set(recipients), now + READY_TIMEOUT_S, welcoming
         )
 
     # --- transitions -------------------------------------------------------------------
@@ -798,13 +810,29 @@ class DaveGroup:
     def _ready(self, member: Member, transition_id: int) -> None:
         transition = self.transitions[transition_id]
         transition.awaiting.discard(member.user_id)
+        self._welcome_when_ready(transition)
         if not transition.awaiting:
             self._execute(transition)
+
+    def _welcome_when_ready(self, transition: Transition) -> None:
+        """Release the joiners' Welcomes once only joiners are left to send op 23."""
+        if transition.welcoming and transition.awaiting <= transition.welcoming:
+            self._release(transition)
+
+    def _release(self, transition: Transition) -> None:
+        joiners, transition.welcoming = transition.welcoming, set()
+        for user_id in sorted(joiners):
+            if any(user_id in other.welcoming for other in self.transitions.values()):
+                continue
+            for message in self._held.pop(user_id, []):
+                self._out.append(Send(user_id, message))
 
     def _execute(self, transition: Transition) -> None:
         """Op 22 to every participant still here (WP:188)."""
         if self.transitions.pop(transition.transition_id, None) is None:
             return
+        # On a timeout the Welcome goes now, and op 22 after it.
+        self._release(transition)
         self._recent.append(transition.transition_id)
         self._bump("transitions")
         execute = DaveExecuteTransition(transition_id=transition.transition_id)
@@ -818,6 +846,8 @@ class DaveGroup:
         for transition in list(self.transitions.values()):
             transition.participants.discard(user_id)
             transition.awaiting.discard(user_id)
+            transition.welcoming.discard(user_id)
+            self._welcome_when_ready(transition)
             if not transition.awaiting:
                 self._execute(transition)
 
@@ -841,7 +871,11 @@ class DaveGroup:
         ]
 
     def _send(self, member: Member, message: Message) -> None:
-        self._out.append(Send(member.user_id, message))
+        held = self._held.get(member.user_id)
+        if held is not None:
+            held.append(message)
+        else:
+            self._out.append(Send(member.user_id, message))
 
     def _enter(self, state: GroupState) -> None:
         if state is not self.state and state not in GROUP_TRANSITIONS[self.state]:
