@@ -107,11 +107,14 @@ _DAVE_MEMBER_OPS: frozenset[type[MemberMessage]] = frozenset(
 _READY_ONLY: frozenset[type[MemberMessage]] = frozenset(
     {DaveTransitionReady, MlsInvalidCommitWelcome}
 )
+_TRANSITION_READY: frozenset[type[MemberMessage]] = frozenset({DaveTransitionReady})
 
 #: Which op a member in a state may send while the group is in a state. A key package is
 #: welcome from every DAVE member (a client resets and sends a new one after op 24 and op
 #: 31); a commit only from those who hold proposals: pending members of a pending group,
-#: members of an established one. In a downgraded call only transition replies count.
+#: members of an established one. In a downgraded call only op 23 counts: op 31 asks to
+#: rejoin a group that no longer exists, and the member it came from still owes op 23 to
+#: the downgrade's op 21, which it answers after its reset.
 ALLOWED: dict[tuple[GroupState, MemberState], frozenset[type[MemberMessage]]] = {
     (GroupState.PENDING, MemberState.AWAITING_KEY_PACKAGE): _READY_ONLY | {MlsKeyPackage},
     (GroupState.PENDING, MemberState.PENDING): _DAVE_MEMBER_OPS,
@@ -119,9 +122,9 @@ ALLOWED: dict[tuple[GroupState, MemberState], frozenset[type[MemberMessage]]] = 
     (GroupState.ESTABLISHED, MemberState.AWAITING_KEY_PACKAGE): _READY_ONLY | {MlsKeyPackage},
     (GroupState.ESTABLISHED, MemberState.PENDING): _READY_ONLY | {MlsKeyPackage},
     (GroupState.ESTABLISHED, MemberState.MEMBER): _DAVE_MEMBER_OPS,
-    (GroupState.DOWNGRADED, MemberState.AWAITING_KEY_PACKAGE): _READY_ONLY,
-    (GroupState.DOWNGRADED, MemberState.PENDING): _READY_ONLY,
-    (GroupState.DOWNGRADED, MemberState.MEMBER): _READY_ONLY,
+    (GroupState.DOWNGRADED, MemberState.AWAITING_KEY_PACKAGE): _TRANSITION_READY,
+    (GroupState.DOWNGRADED, MemberState.PENDING): _TRANSITION_READY,
+    (GroupState.DOWNGRADED, MemberState.MEMBER): _TRANSITION_READY,
 }
 
 #: The state changes each machine may make; anything else is a bug, raised at once.
