@@ -550,13 +550,17 @@ int main(int argc, char **argv) {
             group_t *g = &groups[next_open++ % group_count];
             if (g->pid_count) g->cpu_mark = group_cpu_ns(g);
         }
-        int sending = now < warmup_end || (now >= measure_start && now < measure_end);
         /* Send everything due, then poll for packets (or sleep until the next send or a
-         * packet). */
+         * packet). Whether a send belongs to the warm-up or the measured window goes by when
+         * it was due, not when it went: sends caught up after the generator lost its core
+         * across the window's start would count as measured, and those across its end
+         * would be dropped. */
         while (speaker_count) {
             int64_t due = start + tick * step;
             if (due > now) break;
             member_t *m = &members[speakers[tick % speaker_count]];
+            int measured = due >= measure_start && due < measure_end;
+            int sending = due < warmup_end || measured;
             if (sending && slice_ns &&
                 ((due - slices_origin) / slice_ns) % group_count != m->group) {
                 tick++;
@@ -575,7 +579,7 @@ int main(int argc, char **argv) {
                 memcpy(plain, &stamp, 8);
                 memcpy(plain + 8, &m->ssrc, 4);
                 int len = seal_packet(m, plain, size, packet);
-                if (send(m->fd, packet, (size_t)len, 0) == len && now >= measure_start) {
+                if (send(m->fd, packet, (size_t)len, 0) == len && measured) {
                     groups[m->group].sent++;
                     groups[m->group].expected +=
                         (unsigned long long)(channel_size[m->channel] - 1);

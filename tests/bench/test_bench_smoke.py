@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -275,3 +282,50 @@ async def test_dave_relay_bench_forwards_the_members_dave_frames_byte_identical(
     assert plain["received"] > 0 and plain["template_mismatch"] == 0
     assert plain["dave_trailer"] == 0
     assert result["dave_frames_verified"] is True
+
+
+@pytest.mark.timeout(60)
+def test_the_generator_counts_a_send_by_when_it_was_due_when_it_loses_its_core(
+    tmp_path: Path,
+) -> None:
+    # Stopped across the start of its measured window and woken after it, the generator
+    # catches up on the sends it owes: the measured ones count, those due before the window
+    # (between the warm-up and the window, when nothing is sent) neither go nor count.
+    loadgen, why = build_loadgen()
+    if loadgen is None:
+        pytest.skip(why)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    members, lines = [], []
+    for index in range(4):
+        member = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        member.connect(sink.getsockname())
+        members.append(member)
+        speaker = int(index < 2)
+        lines.append(f"{member.fileno()} 0 {1000 + index} {speaker} a {'11' * 32}")
+    members_file = tmp_path / "members"
+    members_file.write_text("\n".join(lines) + "\n")
+    warmup_s, seconds = 0.2, 1.0
+    process = subprocess.Popen(
+        [str(loadgen), str(members_file), str(warmup_s), str(seconds)],
+        pass_fds=[member.fileno() for member in members],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "LOADGEN_WAIT": "sleep"},
+    )
+    try:
+        # Halfway between the warm-up's end and the window's start (300 ms later), stopped
+        # until 150 ms into the window.
+        time.sleep(0.01 + warmup_s + 0.15)
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGCONT)
+        out, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        sink.close()
+        for member in members:
+            member.close()
+    figures = json.loads(out.decode().splitlines()[-1])
+    # Two speakers, a frame each per 20 ms, for the window's one second; three receivers.
+    assert figures["sent"] == round(2 * seconds / FRAME_S)
+    assert figures["expected"] == 3 * figures["sent"]
