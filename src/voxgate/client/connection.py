@@ -633,6 +633,8 @@ class VoiceConnection:
                     # The old session is gone (server restarted, or it expired): a new one
                     # with a new ssrc, which receivers learn from the server's Speaking.
                     self._events.put_nowait(SessionRestarted(previous, self.ssrc))
+                    # Frames held for an unnamed ssrc were sealed under the old session's keys.
+                    self._unnamed.clear()
                     log.warning("voice session replaced: ssrc %d -> %d", previous, self.ssrc)
                 self._events.put_nowait(ConnectionReady(self.ssrc, message.mode))
                 log.info("voice connection ready: ssrc %d, mode %s", self.ssrc, message.mode)
