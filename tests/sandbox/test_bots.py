@@ -52,6 +52,23 @@ def as_played(name: str, heard: list[bytes]) -> list[bytes]:
     return heard
 
 
+def difference(heard: list[bytes], sent: list[bytes]) -> str:
+    """How ``heard`` differs from ``sent`` ("" when it does not): a packet lost, one
+    repeated, two swapped, or where they part."""
+    if heard == sent:
+        return ""
+    pairs = enumerate(zip(heard, sent, strict=False))
+    at = next((i for i, (a, b) in pairs if a != b), min(len(heard), len(sent)))
+    shape = f"{len(heard)} packets of {len(sent)}, first difference at {at}"
+    if heard == sent[:at] + sent[at + 1 :]:
+        return f"{shape}: packet {at} lost"
+    if heard == sent[:at] + sent[at - 1 : at] + sent[at:]:
+        return f"{shape}: packet {at - 1} repeated"
+    if heard == sent[:at] + sent[at + 1 : at + 2] + sent[at : at + 1] + sent[at + 2 :]:
+        return f"{shape}: packets {at} and {at + 1} swapped"
+    return shape
+
+
 def audio(packets: list[bytes]) -> list[bytes]:
     """The packets that carry sound (what ``Heard.audio`` is): without the silence frames
     senders end a talk spurt with, and that @discordjs/voice sends when its stream has
@@ -198,11 +215,19 @@ async def test_a_discord_py_bot_and_a_discord_js_bot_hear_each_other(
     sent = await alice.send("!save")
     for bot in (dpy, js):
         await sandbox.wait_for_message("^saved", author=bot, after=sent)
-    assert audio(recorded(dpy_recordings, js.user_id)) == ogg_packets(song)
-    assert as_played(".py", audio(recorded(js_recordings, dpy.user_id))) == ogg_packets(song)
-    # And alice, in the same channel, heard both.
-    assert as_played(".py", alice.heard(dpy).audio) == ogg_packets(song)
-    assert alice.heard(js).audio == ogg_packets(song)
+    # Each bot recorded the other, and alice, in the same channel, heard both: all four
+    # checked before any fails, so a failure says whose copy went wrong, and how.
+    expected = ogg_packets(song)
+    heard = {
+        "discord.py bot, of the discord.js bot": audio(recorded(dpy_recordings, js.user_id)),
+        "discord.js bot, of the discord.py bot": as_played(
+            ".py", audio(recorded(js_recordings, dpy.user_id))
+        ),
+        "alice, of the discord.py bot": as_played(".py", alice.heard(dpy).audio),
+        "alice, of the discord.js bot": alice.heard(js).audio,
+    }
+    wrong = {who: difference(packets, expected) for who, packets in heard.items()}
+    assert not {who: what for who, what in wrong.items() if what}, wrong
     print(
         f"both played {song.name} at once: discord.py heard discord.js's "
         f"{len(audio(recorded(dpy_recordings, js.user_id)))} audio packets and discord.js "
