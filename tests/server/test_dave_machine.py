@@ -223,6 +223,27 @@ def test_the_welcome_waits_until_the_members_have_read_the_commit(call, peer) ->
     _assert_call(call)
 
 
+def test_a_joiner_that_resets_while_its_welcome_waits_is_held_no_longer(call, peer) -> None:
+    a, b = peer(), peer()
+    call.join(a)
+    call.join(b)
+    _settle(call)
+    call.hold(a.user_id)
+    c = peer()
+    call.hold(c.user_id)
+    call.join(c)
+    (transition_id,) = call.group.transitions
+    call.send_from(c.user_id, MlsInvalidCommitWelcome(transition_id=transition_id))
+    # What was held for it goes (a slow link delivers it late, never not at all), and what
+    # follows is not held back behind a Welcome nobody waits for.
+    assert not call.group._held
+    assert [m for m in call.inbound[c.user_id] if isinstance(m, MlsWelcome)]
+    call.leave(c.user_id)
+    call.release(a.user_id)
+    _settle(call)
+    _assert_call(call)
+
+
 def test_a_member_that_never_reads_the_commit_delays_the_welcome_to_the_ready_timeout(
     call, peer
 ) -> None:
@@ -611,6 +632,7 @@ def test_any_order_of_joins_leaves_failures_and_delays_ends_in_one_group(steps) 
         call.advance(READY_TIMEOUT_S + 0.1)
     group = call.group
     assert group.counters.ignored["internal_error"] == 0
+    assert not group._held  # nothing waits for a Welcome once every transition has ended
     dave = call.dave_peers()
     legacy = [p for p in call.peers.values() if group.is_legacy(p.user_id)]
     assert not group.transitions

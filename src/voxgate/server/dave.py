@@ -825,9 +825,14 @@ class DaveGroup:
     def _release(self, transition: Transition) -> None:
         joiners, transition.welcoming = transition.welcoming, set()
         for user_id in sorted(joiners):
-            if any(user_id in other.welcoming for other in self.transitions.values()):
-                continue
-            for message in self._held.pop(user_id, []):
+            self._unhold(user_id)
+
+    def _unhold(self, user_id: str) -> None:
+        """Send what was held for ``user_id``, unless another transition still holds it."""
+        if user_id in self._held and not any(
+            user_id in transition.welcoming for transition in self.transitions.values()
+        ):
+            for message in self._held.pop(user_id):
                 self._out.append(Send(user_id, message))
 
     def _execute(self, transition: Transition) -> None:
@@ -853,6 +858,8 @@ class DaveGroup:
             self._welcome_when_ready(transition)
             if not transition.awaiting:
                 self._execute(transition)
+        # A joiner that resets while its Welcome waits gets it now, as a slow link would.
+        self._unhold(user_id)
 
     def _new_transition_id(self) -> int:
         """A fresh u16 transition id, never 0 (0 means "now", DAVE.md §4.2)."""
