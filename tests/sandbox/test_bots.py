@@ -226,8 +226,8 @@ async def test_a_discord_py_bot_and_a_discord_js_bot_hear_each_other(
         "alice, of the discord.py bot": as_played(".py", alice.heard(dpy).audio),
         "alice, of the discord.js bot": alice.heard(js).audio,
     }
-    wrong = {who: difference(packets, expected) for who, packets in heard.items()}
-    assert not {who: what for who, what in wrong.items() if what}, wrong
+    wrong = {who: what for who, packets in heard.items() if (what := difference(packets, expected))}
+    assert not wrong, wrong
     print(
         f"both played {song.name} at once: discord.py heard discord.js's "
         f"{len(audio(recorded(dpy_recordings, js.user_id)))} audio packets and discord.js "

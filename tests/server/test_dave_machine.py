@@ -90,6 +90,11 @@ def _received(peer: DavePeer, kind: type) -> list:
     return [message for message in peer.inbox if isinstance(message, kind)]
 
 
+def _queued(call: InProcessCall, peer: DavePeer, kind: type) -> list:
+    """Messages of ``kind`` sent to ``peer`` that it has not read yet (it is held)."""
+    return [message for message in call.inbound[peer.user_id] if isinstance(message, kind)]
+
+
 # --- §4.1 - §4.3: alone, the initial group, a join ---------------------------------------
 
 
@@ -199,19 +204,16 @@ def test_the_welcome_waits_until_the_members_have_read_the_commit(call, peer) ->
     # A joiner encrypts to the new epoch once it has read its Welcome, and davey (discord.js,
     # discord.py, py-cord) drops the frames of a sender it has no key for: a member still
     # reading the commit would lose the joiner's first words.
-    a, b = peer(), peer()
-    call.join(a)
-    call.join(b)
-    _settle(call)
+    a, b = _group_of(call, peer, 2)
     c = peer()
     call.hold(a.user_id)
     call.hold(c.user_id)
     call.join(c)  # its key package reaches the server, b commits the Add
     call.hold_replies(c.user_id)
-    assert not [m for m in call.inbound[c.user_id] if isinstance(m, MlsWelcome)]
+    assert not _queued(call, c, MlsWelcome)
     call.held.discard(a.user_id)  # a reads op 29 and answers op 23
     call.pump()
-    assert [m for m in call.inbound[c.user_id] if isinstance(m, MlsWelcome)]
+    assert _queued(call, c, MlsWelcome)
     call.held.discard(c.user_id)  # c reads its Welcome; its op 23 still on the way
     call.pump()
     assert call.group.transitions and not _received(a, DaveExecuteTransition)[1:]
@@ -224,10 +226,7 @@ def test_the_welcome_waits_until_the_members_have_read_the_commit(call, peer) ->
 
 
 def test_a_joiner_that_resets_while_its_welcome_waits_is_held_no_longer(call, peer) -> None:
-    a, b = peer(), peer()
-    call.join(a)
-    call.join(b)
-    _settle(call)
+    a, _ = _group_of(call, peer, 2)
     call.hold(a.user_id)
     c = peer()
     call.hold(c.user_id)
@@ -237,7 +236,7 @@ def test_a_joiner_that_resets_while_its_welcome_waits_is_held_no_longer(call, pe
     # What was held for it goes (a slow link delivers it late, never not at all), and what
     # follows is not held back behind a Welcome nobody waits for.
     assert not call.group._held
-    assert [m for m in call.inbound[c.user_id] if isinstance(m, MlsWelcome)]
+    assert _queued(call, c, MlsWelcome)
     call.leave(c.user_id)
     call.release(a.user_id)
     _settle(call)
@@ -247,10 +246,7 @@ def test_a_joiner_that_resets_while_its_welcome_waits_is_held_no_longer(call, pe
 def test_a_member_that_never_reads_the_commit_delays_the_welcome_to_the_ready_timeout(
     call, peer
 ) -> None:
-    a, b = peer(), peer()
-    call.join(a)
-    call.join(b)
-    _settle(call)
+    a, _ = _group_of(call, peer, 2)
     call.hold(a.user_id)
     c = peer()
     call.join(c)
