@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from voxgate.protocol import crypto, discovery
@@ -269,6 +269,71 @@ def test_both_paths_emit_identical_datagrams(
     for got, member in zip(native[0], members[1:], strict=True):
         _, opened = transport_cipher(member.mode, member.key).open(got[0])
         assert opened == payload
+
+
+def _one_each(node: Node, count: int) -> list[list[bytes]]:
+    """What each member but the sender got: ``count`` datagrams, and nothing more."""
+    got = []
+    for sock in node.sockets[1:]:
+        datagrams = []
+        while len(datagrams) < count and _wait(sock):
+            datagrams.append(sock.recv(65536))
+        got.append(datagrams)
+    for sock in node.sockets[1:]:  # sendmmsg on loopback delivers before it returns
+        with pytest.raises(BlockingIOError):
+            sock.recv(65536)
+    return got
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    # Up to 21 receivers, the two modes in any order: the C path seals two to sixteen
+    # XChaCha20 receivers at once (key stream blocks sixteen a pass, tags eight), and one
+    # alone by itself.
+    members=st.lists(
+        st.tuples(st.sampled_from(sorted(fastpath.NATIVE_MODES)), st.integers(0, 2**32 - 1)),
+        min_size=2,
+        max_size=22,
+    ),
+    # Past four ChaCha20 blocks (192 bytes of payload), the key stream goes on per receiver.
+    payloads=st.lists(st.binary(max_size=400), min_size=1, max_size=3),
+)
+# Seventeen XChaCha20 receivers among AES ones, and every length of key stream.
+@example(
+    members=[(AES, 0), *[(XCHACHA, 2**32 - 3 + n) for n in range(10)], (AES, 1),
+             *[(XCHACHA, n) for n in range(7)]],
+    payloads=[bytes(40), bytes(range(130)), bytes(n % 251 for n in range(400))],
+)
+def test_a_channel_of_many_members_gets_from_both_paths_the_same_datagrams(
+    implementations: tuple[str, str],
+    members: list[tuple[EncryptionMode, int]],
+    payloads: list[bytes],
+) -> None:
+    drawn = [Member(mode, os.urandom(32), nonce) for mode, nonce in members]
+    sender = drawn[0]
+    datagrams = [
+        _packet(sender.mode, sender.key, 7 + n, payload, 0, None, 100 + n)
+        for n, payload in enumerate(payloads)
+    ]
+    outputs = {}
+    for path in ("python", "native"):
+        node = Node(path, drawn)
+        try:
+            for datagram in datagrams:
+                node.deliver(datagram)
+            outputs[path] = _one_each(node, len(datagrams))
+            outputs[path + "-nonces"] = [s.cipher.nonce for s in node.sessions]  # type: ignore[misc, union-attr]
+            if path == "native":
+                assert node.handed_back == 0
+        finally:
+            node.close()
+    assert outputs["native"] == outputs["python"]
+    assert outputs["native-nonces"] == outputs["python-nonces"]
+    for got, member in zip(outputs["native"], drawn[1:], strict=True):
+        opened = [transport_cipher(member.mode, member.key).open(d)[1] for d in got]
+        assert opened == payloads
 
 
 @pytest.mark.parametrize("mode", sorted(fastpath.NATIVE_MODES))
