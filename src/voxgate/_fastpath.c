@@ -118,7 +118,7 @@ static void hchacha20(const unsigned char key[32], const unsigned char nonce[16]
  *
  * What a packet's seal or open leaves on the stack (its subkey, key stream, Poly1305 key
  * and state) is not wiped: each serves the one counter it was made for, which no packet
- * uses again, and wiping it cost a fifth of a seal. The member's own key is wiped where
+ * uses again, and wiping it cost a fifth of a shared seal (xchacha_seal_many). The member's own key is wiped where
  * a copy of it is made (xchacha_seal_many) and when its Cipher goes. */
 
 static inline void store32(unsigned char *p, uint32_t v) {
