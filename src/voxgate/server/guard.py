@@ -10,8 +10,6 @@ what one session may make the node forward.
 
 from __future__ import annotations
 
-from array import array
-
 from voxgate.protocol.opcodes import EncryptionMode
 
 #: How far behind the newest counter a reordered packet is still accepted.
@@ -20,20 +18,23 @@ WINDOW = 1024
 # RTP sequence number, which is the nonce of xsalsa20_poly1305.
 _SUFFIX = slice(-4, None)
 _RTP_SEQUENCE = slice(2, 4)
-_CLEARED = (-1,)
+# Bound once: ``int.from_bytes`` in a call looks up the classmethod and binds it each time.
+_from_bytes = int.from_bytes
 
 
 class ReplayWindow:
     """Accepts each counter once; counters wrap at ``2**bits`` as clients' do.
 
-    The window is a ring of the last ``size`` counters, each slot holding the counter that
-    was accepted there (or -1): in order, a packet costs one store. The bitmap of RFC 6479
-    is a 1024-bit integer in Python, and shifting it made three such integers a packet,
-    as much as the rest of the guards together. The ring is an array of 64-bit integers
-    (8 KB for 1024), where a list would also keep an int object per slot alive (40 KB).
+    The window is a ring of flags over the last ``size`` counters, each slot True when the
+    counter of the window that falls there was accepted: in order, a packet costs one
+    store. The bitmap of RFC 6479 is a 1024-bit integer in Python, and shifting it made
+    three such integers a packet, as much as the rest of the guards together. The ring is a
+    list of the two bools (8 KB for 1024): a list store is one specialized bytecode, where
+    an ``array`` store parses its value as a C call does, and a ring of the counters
+    themselves would keep an int object per slot alive (40 KB).
     """
 
-    __slots__ = ("_counter_at", "_half", "_highest", "_mask", "_ring", "_seen", "size")
+    __slots__ = ("_accepted", "_counter_at", "_half", "_highest", "_mask", "_ring", "size")
 
     def __init__(self, size: int = WINDOW, bits: int = 32, counter_at: slice = _SUFFIX) -> None:
         if size < 1 or size & (size - 1) or size > 1 << bits:
@@ -45,40 +46,46 @@ class ReplayWindow:
         self._half = 1 << (bits - 1)
         self._ring = size - 1
         self._highest = -1  # none accepted yet
-        # _seen[c & _ring] == c exactly when counter c is in the window and was accepted:
-        # a slot is cleared (or taken) as the newest counter moves past it, and only one
-        # counter of the window has its slot. size divides 2**bits, so wrapping keeps slots.
-        self._seen = array("q", _CLEARED) * size
+        # _accepted[c & _ring] says whether counter c was accepted, for the counters of the
+        # window: a slot is cleared (or taken) as the newest counter moves past it, and
+        # only one counter of the window has its slot. size divides 2**bits, so wrapping
+        # keeps slots.
+        self._accepted = [False] * size
 
     def accept_packet(self, packet: bytes) -> bool:
         """Whether ``packet`` (already authenticated) is new; records it when it is."""
-        # One call a packet on the Python path: a call level costs what this body does.
-        counter = int.from_bytes(packet[self._counter_at], "big")
+        # One call a packet on the Python path, where a call level costs what this body
+        # does: a packet in order is decided here, any other by accept.
+        counter = _from_bytes(packet[self._counter_at], "big")
+        if counter == self._highest + 1:
+            # The one after the newest, nearly every packet: its slot was the counter's a
+            # window ago, which is out of the window now.
+            self._accepted[counter & self._ring] = True
+            self._highest = counter
+            return True
+        return self.accept(counter)
+
+    def accept(self, counter: int) -> bool:
+        """Whether ``counter`` (below ``2**bits``) is new; records it when it is."""
         highest = self._highest
-        seen = self._seen
+        accepted = self._accepted
         ring = self._ring
         ahead = (counter - highest) & self._mask
         if highest < 0 or (ahead and ahead < self._half):
             if ahead > 1 and highest >= 0:
-                # The counters skipped were not seen; their slots still hold older ones.
+                # The counters skipped were not seen; their slots still flag older ones.
                 if ahead >= self.size:
-                    seen[:] = array("q", _CLEARED) * self.size
+                    accepted[:] = [False] * self.size
                 else:
                     for skipped in range(highest + 1, highest + ahead):
-                        seen[skipped & ring] = -1
-            seen[counter & ring] = counter
+                        accepted[skipped & ring] = False
+            accepted[counter & ring] = True
             self._highest = counter
             return True
-        if (highest - counter) & self._mask >= self.size or seen[counter & ring] == counter:
+        if (highest - counter) & self._mask >= self.size or accepted[counter & ring]:
             return False
-        seen[counter & ring] = counter
+        accepted[counter & ring] = True
         return True
-
-    def accept(self, counter: int) -> bool:
-        """Whether ``counter`` (below ``2**bits``) is new; records it when it is."""
-        # Four big-endian bytes hold it where either counter_at reads: [-4:] all of them,
-        # [2:4] (the 16-bit RTP sequence) the low two.
-        return self.accept_packet(counter.to_bytes(4, "big"))
 
 
 def replay_window(mode: EncryptionMode) -> ReplayWindow | None:

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _DISCOVERY_SIZE = discovery.SIZE
 _KEEPALIVE_SIZE = 8
+# Bound once: ``int.from_bytes`` in a call looks up the classmethod and binds it each time.
+_from_bytes = int.from_bytes
 
 # Seconds after an answer to send it again while the session has not selected a protocol.
 # discord.py asks once and waits forever; worse, with voice receive (discord-ext-voice-recv)
@@ -85,7 +87,7 @@ class MediaEndpoint(asyncio.DatagramProtocol):
         stats.bytes_in += size
         if size >= 12 and data[0] >> 6 == 2 and not 200 <= data[1] <= 204:
             router = self.router
-            session = router.by_ssrc.get(int.from_bytes(data[8:12], "big"))
+            session = router.by_ssrc.get(_from_bytes(data[8:12], "big"))
             if session is None:
                 stats.dropped["unknown_ssrc"] += 1
                 return
@@ -118,8 +120,11 @@ class MediaEndpoint(asyncio.DatagramProtocol):
             if session.muted:
                 self._drop(session, "server_muted")
                 return
-            # Router.forward, or its DAVE-filtering variant in a call that needs one.
-            session.channel.forward(session, clear, plaintext, cipher.rtpsize)
+            # Router.forward, or its DAVE-filtering variant in a call that needs one. Read into
+            # a local first: ``channel.forward(...)`` would be a method lookup, which CPython
+            # 3.11 does not specialize for an attribute held in a slot.
+            forward = session.channel.forward
+            forward(session, clear, plaintext, cipher.rtpsize)
             if now >= router.counters_due:
                 router.add_member_counters(now)
         elif size == _DISCOVERY_SIZE and data[0] == 0 and data[1] == discovery.REQUEST:
