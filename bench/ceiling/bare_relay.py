@@ -14,12 +14,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import struct
 import sys
 
 import uvloop
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ZEROS_8 = bytes(8)
+# The cheapest CPython idioms for the per-packet work, the ones voxgate's Python path uses
+# (protocol/crypto.py, server/guard.py): a bound int.from_bytes, a struct's pack for the
+# 4-byte nonce, and the nonce's wrap by a comparison rather than a mask.
+_from_bytes = int.from_bytes
+_pack_u32 = struct.Struct(">I").pack
 
 
 class Member:
@@ -42,14 +48,14 @@ class BareRelay(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) == 74 and data[0] == 0 and data[1] == 1:
-            member = self.members.get(int.from_bytes(data[4:8], "big"))
+            member = self.members.get(_from_bytes(data[4:8], "big"))
             if member is not None:
                 member.address = addr
                 host = addr[0].encode().ljust(64, b"\0")
                 reply = b"\x00\x02\x00\x46" + data[4:8] + host + addr[1].to_bytes(2, "big")
                 self.sendto(reply, addr)
             return
-        sender = self.members.get(int.from_bytes(data[8:12], "big"))
+        sender = self.members.get(_from_bytes(data[8:12], "big"))
         if sender is None or len(data) < 32:
             return
         clear = data[:12]
@@ -63,8 +69,8 @@ class BareRelay(asyncio.DatagramProtocol):
             if receiver is sender or receiver.address is None:
                 continue
             counter = receiver.nonce
-            receiver.nonce = (counter + 1) & 0xFFFF_FFFF
-            nonce = counter.to_bytes(4, "big")
+            receiver.nonce = counter + 1 if counter < 0xFFFF_FFFF else 0
+            nonce = _pack_u32(counter)
             sendto(
                 clear + receiver.aead.encrypt(nonce + ZEROS_8, plaintext, clear) + nonce,
                 receiver.address,
