@@ -128,6 +128,14 @@ static inline void store32(unsigned char *p, uint32_t v) {
     p[3] = (unsigned char)(v >> 24);
 }
 
+/* The big-endian 32-bit counter a datagram ends with. */
+static inline void store_be32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
 static inline uint64_t le64(const unsigned char *p) {
     return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
 }
@@ -726,11 +734,7 @@ static Py_ssize_t seal_packet(CipherObject *c, const unsigned char *clear, Py_ss
                               const unsigned char *plain, Py_ssize_t plain_len,
                               unsigned char *out) {
     unsigned char counter[4];
-    uint32_t nonce = c->nonce++;
-    counter[0] = (unsigned char)(nonce >> 24);
-    counter[1] = (unsigned char)(nonce >> 16);
-    counter[2] = (unsigned char)(nonce >> 8);
-    counter[3] = (unsigned char)nonce;
+    store_be32(counter, c->nonce++);
     memcpy(out, clear, (size_t)clear_len);
     if (aead_seal(c, clear, clear_len, plain, plain_len, counter, out + clear_len) < 0) return -1;
     memcpy(out + clear_len + plain_len + TAG, counter, 4);
@@ -753,26 +757,15 @@ static Py_ssize_t seal_packet(CipherObject *c, const unsigned char *clear, Py_ss
 
 static const uint32_t chacha20_sigma[4] = {0x61707865, 0x3320646e, 0x79622d32, 0x6b206574};
 
-/* The 20 rounds over 16 vectors of 16 lanes, `in` added back (ChaCha20) or not
- * (HChaCha20). */
-#define ROTL512(v, n) _mm512_rol_epi32(v, n)
-#define QR512(a, b, c, d)                                                                      \
-    a = _mm512_add_epi32(a, b); d = ROTL512(_mm512_xor_si512(d, a), 16);                    \
-    c = _mm512_add_epi32(c, d); b = ROTL512(_mm512_xor_si512(b, c), 12);                    \
-    a = _mm512_add_epi32(a, b); d = ROTL512(_mm512_xor_si512(d, a), 8);                     \
-    c = _mm512_add_epi32(c, d); b = ROTL512(_mm512_xor_si512(b, c), 7)
+/* The 20 rounds over 16 vectors of 16 lanes: CHACHA20_ROUNDS, whose rotations the
+ * compiler makes single AVX-512 instructions, as in chacha20_blocks_avx512. */
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 
 __attribute__((target("avx512f"))) static inline void chacha20_rounds_x16(__m512i x[16]) {
-    for (int round = 0; round < 10; round++) {
-        QR512(x[0], x[4], x[8], x[12]);
-        QR512(x[1], x[5], x[9], x[13]);
-        QR512(x[2], x[6], x[10], x[14]);
-        QR512(x[3], x[7], x[11], x[15]);
-        QR512(x[0], x[5], x[10], x[15]);
-        QR512(x[1], x[6], x[11], x[12]);
-        QR512(x[2], x[7], x[8], x[13]);
-        QR512(x[3], x[4], x[9], x[14]);
-    }
+    u32x16 words[16];
+    memcpy(words, x, sizeof words);
+    CHACHA20_ROUNDS(words);
+    memcpy(x, words, sizeof words);
 }
 
 /* subkeys[i][j] = word i of HChaCha20(keys[j], counters[j] then 12 zero bytes), for all
@@ -833,30 +826,24 @@ poly1305_x8_block(__m512i h[5], const __m512i r[5], const __m512i s[5], const __
 #define ADD(a, b) _mm512_add_epi64(a, b)
     const __m512i mask = _mm512_set1_epi64(M26);
     for (int i = 0; i < 5; i++) h[i] = ADD(h[i], t[i]);
-    __m512i d0 = ADD(ADD(ADD(MUL(h[0], r[0]), MUL(h[1], s[4])),
-                         ADD(MUL(h[2], s[3]), MUL(h[3], s[2]))), MUL(h[4], s[1]));
-    __m512i d1 = ADD(ADD(ADD(MUL(h[0], r[1]), MUL(h[1], r[0])),
-                         ADD(MUL(h[2], s[4]), MUL(h[3], s[3]))), MUL(h[4], s[2]));
-    __m512i d2 = ADD(ADD(ADD(MUL(h[0], r[2]), MUL(h[1], r[1])),
-                         ADD(MUL(h[2], r[0]), MUL(h[3], s[4]))), MUL(h[4], s[3]));
-    __m512i d3 = ADD(ADD(ADD(MUL(h[0], r[3]), MUL(h[1], r[2])),
-                         ADD(MUL(h[2], r[1]), MUL(h[3], r[0]))), MUL(h[4], s[4]));
-    __m512i d4 = ADD(ADD(ADD(MUL(h[0], r[4]), MUL(h[1], r[3])),
-                         ADD(MUL(h[2], r[2]), MUL(h[3], r[1]))), MUL(h[4], r[0]));
-    __m512i c = _mm512_srli_epi64(d0, 26);
-    h[0] = _mm512_and_si512(d0, mask);
-    d1 = ADD(d1, c);
-    c = _mm512_srli_epi64(d1, 26);
-    h[1] = _mm512_and_si512(d1, mask);
-    d2 = ADD(d2, c);
-    c = _mm512_srli_epi64(d2, 26);
-    h[2] = _mm512_and_si512(d2, mask);
-    d3 = ADD(d3, c);
-    c = _mm512_srli_epi64(d3, 26);
-    h[3] = _mm512_and_si512(d3, mask);
-    d4 = ADD(d4, c);
-    c = _mm512_srli_epi64(d4, 26);
-    h[4] = _mm512_and_si512(d4, mask);
+    __m512i d[5] = {
+        ADD(ADD(ADD(MUL(h[0], r[0]), MUL(h[1], s[4])), ADD(MUL(h[2], s[3]), MUL(h[3], s[2]))),
+            MUL(h[4], s[1])),
+        ADD(ADD(ADD(MUL(h[0], r[1]), MUL(h[1], r[0])), ADD(MUL(h[2], s[4]), MUL(h[3], s[3]))),
+            MUL(h[4], s[2])),
+        ADD(ADD(ADD(MUL(h[0], r[2]), MUL(h[1], r[1])), ADD(MUL(h[2], r[0]), MUL(h[3], s[4]))),
+            MUL(h[4], s[3])),
+        ADD(ADD(ADD(MUL(h[0], r[3]), MUL(h[1], r[2])), ADD(MUL(h[2], r[1]), MUL(h[3], r[0]))),
+            MUL(h[4], s[4])),
+        ADD(ADD(ADD(MUL(h[0], r[4]), MUL(h[1], r[3])), ADD(MUL(h[2], r[2]), MUL(h[3], r[1]))),
+            MUL(h[4], r[0])),
+    };
+    __m512i c = _mm512_setzero_si512();
+    for (int i = 0; i < 5; i++) {
+        d[i] = ADD(d[i], c);
+        c = _mm512_srli_epi64(d[i], 26);
+        h[i] = _mm512_and_si512(d[i], mask);
+    }
     h[0] = ADD(h[0], ADD(_mm512_slli_epi64(c, 2), c)); /* 2^130 = 5 mod p */
     c = _mm512_srli_epi64(h[0], 26);
     h[0] = _mm512_and_si512(h[0], mask);
@@ -994,11 +981,7 @@ static void xchacha_seal_many(CipherObject *const *ciphers, int n, const unsigne
     for (int j = 0; j < n; j++) {
         CipherObject *c = ciphers[j];
         unsigned char *suffix = out + j * stride + clear_len + plain_len + TAG;
-        uint32_t nonce = c->nonce++;
-        suffix[0] = (unsigned char)(nonce >> 24);
-        suffix[1] = (unsigned char)(nonce >> 16);
-        suffix[2] = (unsigned char)(nonce >> 8);
-        suffix[3] = (unsigned char)nonce;
+        store_be32(suffix, c->nonce++);
         counters[j] = le32(suffix); /* HChaCha20's nonce word 0: the counter's bytes */
         for (int i = 0; i < 8; i++) keys[j][i] = le32(c->key + 4 * i);
     }
