@@ -27,6 +27,7 @@ from voxgate.bench.relay import (
     cpu_ratio,
     holds,
     measure_in_turns,
+    measure_round,
     median_interval,
     ratio,
     run,
@@ -253,6 +254,35 @@ def test_the_search_tries_a_failing_level_again_before_going_below_it() -> None:
     search.record(at(32, False))
     search.record(at(32, False))  # twice: the relay's limit
     assert search.failed_at == 32 and search.level == 24
+
+
+async def test_a_cost_round_is_measured_again_until_both_relays_hold_three_times_at_most() -> None:
+    stalled, steady = _step(0.0, 12.0), _step(0.0, 0.3)  # a stall takes both in one second
+    rounds = iter([[stalled, stalled], [stalled, steady], [steady, steady], [stalled, stalled]])
+    calls = 0
+
+    async def measure_once() -> list[Step]:
+        nonlocal calls
+        calls += 1
+        return next(rounds)
+
+    held = await measure_round(measure_once)
+    assert calls == 3 and all(map(holds, held)) and [step.attempts for step in held] == [3, 3]
+    # One that never holds is given up on after three tries, and counts as not holding.
+    calls = 0
+    always = [stalled, steady]
+
+    async def stalled_once() -> list[Step]:
+        nonlocal calls
+        calls += 1
+        return always
+
+    given_up = await measure_round(stalled_once)
+    assert calls == 3 and not holds(given_up[0]) and given_up[0].attempts == 3
+    # A round that holds at once is measured once.
+    calls = 0
+    always = [steady, steady]
+    assert (await measure_round(stalled_once))[0].attempts == 1 and calls == 1
 
 
 async def test_dave_relay_bench_forwards_the_members_dave_frames_byte_identical() -> None:
