@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
+import sys
 import zlib
 from collections.abc import Awaitable, Callable
 
@@ -237,6 +240,39 @@ async def test_op_4_answers_voice_state_then_voice_server(
     assert (
         left["d"]["channel_id"] is None and left["d"]["member"]["user"]["id"] == ready["user"]["id"]
     )
+
+
+def _data_segments_in(sock: socket.socket) -> int:
+    """Linux's tcpi_data_segs_in: the TCP segments with data that ``sock`` has received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int(struct.unpack_from("I", info, 152)[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO as Linux lays it out")
+async def test_op_4_answers_in_one_tcp_segment_which_a_client_reads_in_one_go(
+    sandbox: Sandbox, raw_gateways: RawGateways
+) -> None:
+    """discord.py 2.7 loses a VOICE_SERVER_UPDATE that it reads a few loop iterations after
+    the VOICE_STATE_UPDATE (and times out connecting to voice): the two leave together."""
+    gateway = await raw_gateways()
+    await gateway.identify(token(sandbox), GUILDS | GUILD_VOICE_STATES)
+    sock = gateway.ws.get_extra_info("socket")
+    await gateway.dispatch("GUILD_CREATE")
+    before = _data_segments_in(sock)
+    await gateway.send(
+        {
+            "op": 4,
+            "d": {
+                "guild_id": sandbox.info["guild_id"],
+                "channel_id": sandbox.info["voice_channel_id"],
+                "self_mute": False,
+                "self_deaf": False,
+            },
+        }
+    )
+    await gateway.dispatch("VOICE_STATE_UPDATE")
+    await gateway.dispatch("VOICE_SERVER_UPDATE")
+    assert _data_segments_in(sock) - before == 1
 
 
 async def test_voice_states_are_gated_by_their_intent(
